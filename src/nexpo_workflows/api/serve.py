@@ -1,0 +1,37 @@
+"""``nexpo-workflows api``: the gateway as a process of its own."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from nexpo_workflows.api.app import create_app
+from nexpo_workflows.api.deps import GatewayState
+from nexpo_workflows.client import connect
+from nexpo_workflows.config import Settings
+from nexpo_workflows.dev import metrics_url
+from nexpo_workflows.services import Services
+from nexpo_workflows.telemetry import create_runtime
+
+
+async def serve_api(settings: Settings) -> None:
+    client = None
+    if settings.enable_temporal:
+        runtime = create_runtime(settings.api_metrics_bind_address)
+        client = await connect(settings, runtime=runtime)
+    services = Services.from_settings(settings, client)
+    state = GatewayState(
+        services, client, metrics_url(settings.api_metrics_bind_address) if client else None
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(state),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=settings.log_level.lower(),
+            lifespan="off",
+        )
+    )
+    try:
+        await server.serve()
+    finally:
+        await services.close()

@@ -1,0 +1,148 @@
+"""Configuration read from the environment and an optional ``.env`` file.
+
+Variable names follow the Nexpo Temporal guide (``ENABLE_TEMPORAL``,
+``TEMPORAL_SERVER_URL``, ...). Every value is validated at start-up so a wrong
+one is reported once, by name, before anything connects.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TEMPORAL_SERVER_URL = "localhost:7233"
+TEMPORAL_CLOUD_PORT = 7233
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names the variable."""
+
+
+def _check_host_port(value: str, variable: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{variable} must be host:port (for example localhost:7233)")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- Temporal -----------------------------------------------------------------------
+    enable_temporal: bool = False
+    temporal_server_url: str = DEFAULT_TEMPORAL_SERVER_URL
+    temporal_namespace: str = Field(default="default", min_length=1)
+    temporal_task_queue: str = Field(default="main-task-queue", min_length=1)
+    temporal_cloud_namespace: str | None = None
+    temporal_cloud_api_key: SecretStr | None = None
+    # TLS for a self-hosted cluster: a CA to trust, and a client certificate for mTLS.
+    temporal_tls: bool | None = None
+    temporal_tls_server_ca_cert: Path | None = None
+    temporal_tls_client_cert: Path | None = None
+    temporal_tls_client_key: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_connect_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # --- Worker -------------------------------------------------------------------------
+    temporal_max_concurrent_workflow_tasks: int = Field(default=100, ge=2)
+    temporal_max_concurrent_activities: int = Field(default=100, ge=1)
+    temporal_max_concurrent_local_activities: int = Field(default=100, ge=1)
+    temporal_graceful_shutdown_seconds: float = Field(default=10.0, ge=0)
+    temporal_worker_identity: str | None = None
+
+    # --- Embedded dev server (`nexpo-workflows dev`) ------------------------------------
+    temporal_ui_port: int = Field(default=8233, gt=0, lt=65536)
+
+    # --- Embedded store -----------------------------------------------------------------
+    data_dir: Path = Path(".nexpo")
+    enable_sqlite: bool = True
+    sqlite_path: Path | None = None
+
+    # --- Health check -------------------------------------------------------------------
+    health_check_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # --- Gateway and metrics ------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, lt=65536)
+    # Prometheus endpoint of the Temporal SDK runtime ("" turns it off).
+    metrics_bind_address: str = "127.0.0.1:9464"
+    api_metrics_bind_address: str = "127.0.0.1:9465"
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("temporal_server_url")
+    @classmethod
+    def _valid_server_url(cls, value: str) -> str:
+        return _check_host_port(value, "TEMPORAL_SERVER_URL")
+
+    @field_validator("metrics_bind_address", "api_metrics_bind_address")
+    @classmethod
+    def _valid_bind_address(cls, value: str) -> str:
+        return value and _check_host_port(value, "a metrics bind address")
+
+    @field_validator(
+        "temporal_tls_server_ca_cert", "temporal_tls_client_cert", "temporal_tls_client_key"
+    )
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no readable file at {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> Settings:
+        if (self.temporal_tls_client_cert is None) != (self.temporal_tls_client_key is None):
+            raise ValueError(
+                "TEMPORAL_TLS_CLIENT_CERT and TEMPORAL_TLS_CLIENT_KEY must be set together"
+            )
+        return self
+
+    @cached_property
+    def temporal_uses_cloud(self) -> bool:
+        return bool(self.temporal_cloud_namespace)
+
+    @property
+    def temporal_target(self) -> str:
+        """The address to dial: the Cloud namespace endpoint unless an address was given."""
+        if self.temporal_uses_cloud and self.temporal_server_url == DEFAULT_TEMPORAL_SERVER_URL:
+            return f"{self.temporal_cloud_namespace}.tmprl.cloud:{TEMPORAL_CLOUD_PORT}"
+        return self.temporal_server_url
+
+    @property
+    def temporal_effective_namespace(self) -> str:
+        if self.temporal_uses_cloud and self.temporal_namespace == "default":
+            return str(self.temporal_cloud_namespace)
+        return self.temporal_namespace
+
+    @property
+    def sqlite_file(self) -> Path:
+        return self.sqlite_path or self.data_dir / "nexpo.db"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation errors into one readable message per variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            variable = "_".join(str(part) for part in problem["loc"]).upper() or "configuration"
+            given = problem.get("input")
+            secret = isinstance(given, dict) or variable.endswith("KEY")
+            shown = "" if secret else f" (got {given!r})"
+            lines.append(f"{variable}: {problem['msg']}{shown}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

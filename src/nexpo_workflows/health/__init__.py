@@ -1,0 +1,1 @@
+"""The health-check feature: probes, activities and workflow."""

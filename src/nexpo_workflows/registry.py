@@ -1,0 +1,22 @@
+"""Every workflow and activity the package defines: add a new one here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from temporalio import workflow
+
+from nexpo_workflows.health.activities import HealthActivities
+from nexpo_workflows.health.workflow import HealthCheckWorkflow
+from nexpo_workflows.services import Services
+
+WORKFLOWS: Sequence[type] = (HealthCheckWorkflow,)
+WORKFLOW_NAMES: frozenset[str] = frozenset(
+    defn.name for defn in map(workflow._Definition.must_from_class, WORKFLOWS) if defn.name
+)
+
+
+def activities(services: Services) -> list[Callable[..., Any]]:
+    health = HealthActivities(services.checker)
+    return [health.list_health_dependencies, health.check_dependency]

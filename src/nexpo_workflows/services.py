@@ -1,0 +1,32 @@
+"""What activities need at run time, built once per process from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from temporalio.client import Client
+
+from nexpo_workflows.config import Settings
+from nexpo_workflows.health.checks import DependencyChecker
+from nexpo_workflows.providers import DatabaseProvider, enabled_providers
+
+
+@dataclass
+class Services:
+    settings: Settings
+    client: Client | None = None
+    providers: dict[str, DatabaseProvider] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: Client | None = None) -> Services:
+        # Providers connect lazily: one that is down at start shows in the health check
+        # instead of keeping the worker from starting.
+        return cls(settings=settings, client=client, providers=enabled_providers(settings))
+
+    @property
+    def checker(self) -> DependencyChecker:
+        return DependencyChecker(self.providers, self.client)
+
+    async def close(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()

@@ -1,0 +1,75 @@
+"""The worker: every registered workflow and activity on one task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from nexpo_workflows import registry
+from nexpo_workflows.client import connect
+from nexpo_workflows.config import Settings
+from nexpo_workflows.services import Services
+from nexpo_workflows.telemetry import CompletionMetricsInterceptor, create_runtime
+
+log = logging.getLogger(__name__)
+
+
+def build_worker(client: Client, services: Services, *, task_queue: str | None = None) -> Worker:
+    settings = services.settings
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal_task_queue,
+        workflows=list(registry.WORKFLOWS),
+        activities=registry.activities(services),
+        interceptors=[CompletionMetricsInterceptor()],
+        identity=settings.temporal_worker_identity,
+        max_concurrent_workflow_tasks=settings.temporal_max_concurrent_workflow_tasks,
+        max_concurrent_activities=settings.temporal_max_concurrent_activities,
+        max_concurrent_local_activities=settings.temporal_max_concurrent_local_activities,
+        graceful_shutdown_timeout=timedelta(seconds=settings.temporal_graceful_shutdown_seconds),
+    )
+
+
+async def run_worker_until(worker: Worker, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set, then shut down gracefully; a worker error propagates."""
+    running = asyncio.create_task(worker.run())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if running.done():
+        stopping.cancel()
+        running.result()
+        return
+    log.info("shutting down the worker; in-flight activities may finish first")
+    await worker.shutdown()
+    await running
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def serve(settings: Settings) -> None:
+    """``nexpo-workflows worker``: connect, poll the task queue, stop on SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    runtime = create_runtime(settings.metrics_bind_address)
+    client = await connect(settings, runtime=runtime)
+    services = Services.from_settings(settings, client)
+    try:
+        worker = build_worker(client, services)
+        log.info(
+            "worker polling task queue %s on %s (namespace %s)",
+            settings.temporal_task_queue,
+            settings.temporal_target,
+            settings.temporal_effective_namespace,
+        )
+        await run_worker_until(worker, stop)
+    finally:
+        await services.close()
