@@ -35,6 +35,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
+        # A variable left empty (as in .env.example) means "use the default".
+        env_ignore_empty=True,
     )
 
     # --- Temporal -----------------------------------------------------------------------
@@ -69,6 +71,8 @@ class Settings(BaseSettings):
 
     # --- Health check -------------------------------------------------------------------
     health_check_timeout_seconds: float = Field(default=5.0, gt=0)
+    # How long a started health check may wait for a worker to pick it up.
+    health_check_worker_wait_seconds: float = Field(default=10.0, gt=0)
 
     # --- Gateway and metrics ------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -18,10 +18,6 @@ class HealthCheckUnavailableError(Exception):
     """The health-check workflow could not run (no worker on the queue, or Temporal down)."""
 
 
-# Time for a worker to pick the workflow up, on top of the probes' own bound.
-_PICKUP_SECONDS = 10.0
-
-
 async def run_health_check(services: Services, client: Client | None) -> HealthReport:
     """With a client, through HealthCheckWorkflow on a worker; without, the same probes here."""
     settings: Settings = services.settings
@@ -34,7 +30,9 @@ async def run_health_check(services: Services, client: Client | None) -> HealthR
             HealthCheckInput(timeout_seconds=timeout),
             id=f"health-check-{uuid.uuid4()}",
             task_queue=settings.temporal_task_queue,
-            execution_timeout=timedelta(seconds=timeout + _PICKUP_SECONDS),
+            execution_timeout=timedelta(
+                seconds=timeout + settings.health_check_worker_wait_seconds
+            ),
         )
     except WorkflowFailureError as error:
         raise HealthCheckUnavailableError(

