@@ -43,7 +43,8 @@ def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pa
     [
         ("ENABLE_TEMPORAL", "maybe", "ENABLE_TEMPORAL: Input should be a valid boolean"),
         ("TEMPORAL_SERVER_URL", "no-port", "TEMPORAL_SERVER_URL must be host:port"),
-        ("TEMPORAL_TASK_QUEUE", "", "TEMPORAL_TASK_QUEUE: String should have at least 1"),
+        ("TEMPORAL_GRACEFUL_SHUTDOWN_SECONDS", "-1", "TEMPORAL_GRACEFUL_SHUTDOWN_SECONDS: Input"),
+        ("METRICS_BIND_ADDRESS", "9464", "METRICS_BIND_ADDRESS: Value error, a metrics bind"),
         ("TEMPORAL_TLS_CLIENT_CERT", "/no/such.pem", "no readable file at /no/such.pem"),
         ("TEMPORAL_MAX_CONCURRENT_ACTIVITIES", "0", "TEMPORAL_MAX_CONCURRENT_ACTIVITIES"),
     ],

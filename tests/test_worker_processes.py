@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from temporalio.client import Client
 from nexpo_workflows.health.models import HealthCheckInput
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
 from nexpo_workflows.ports import free_port
+from tests.conftest import run_cli
 
 
 @contextlib.asynccontextmanager
@@ -129,3 +131,15 @@ async def test_completions_are_counted_on_the_metrics_endpoint(
         assert int(match.group(1)) == 3
         # The SDK's own metrics are exported by the same runtime.
         assert "temporal_workflow_completed" in text
+
+
+async def test_a_taken_metrics_port_is_named(cli: list[str], cli_env: dict[str, str]) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        result = await run_cli(
+            [*cli, "worker"], {**cli_env, "METRICS_BIND_ADDRESS": f"127.0.0.1:{port}"}
+        )
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 (Prometheus metrics) is already in use" in result.stderr

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     # --- Gateway and metrics ------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, lt=65536)
-    # Prometheus endpoint of the Temporal SDK runtime ("" turns it off).
+    # Prometheus endpoint of the Temporal SDK runtime ("off" turns it off).
     metrics_bind_address: str = "127.0.0.1:9464"
     api_metrics_bind_address: str = "127.0.0.1:9465"
 
@@ -96,7 +96,9 @@ class Settings(BaseSettings):
     @field_validator("metrics_bind_address", "api_metrics_bind_address")
     @classmethod
     def _valid_bind_address(cls, value: str) -> str:
-        return value and _check_host_port(value, "a metrics bind address")
+        if value.lower() in ("", "off"):
+            return ""
+        return _check_host_port(value, "a metrics bind address (host:port or off)")
 
     @field_validator(
         "temporal_tls_server_ca_cert", "temporal_tls_client_cert", "temporal_tls_client_key"

@@ -15,6 +15,8 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
+from nexpo_workflows.ports import ensure_free, split_host_port
+
 WORKFLOW_COMPLETIONS = "workflow_completions"
 """Exported as ``workflow_completions_total{workflow_type,status}`` (OpenMetrics suffix)."""
 
@@ -24,11 +26,10 @@ def create_runtime(metrics_bind_address: str) -> Runtime:
 
     With an empty address the runtime exports nothing (tests, or metrics off by choice).
     """
-    metrics = (
-        PrometheusConfig(bind_address=metrics_bind_address, counters_total_suffix=True)
-        if metrics_bind_address
-        else None
-    )
+    if not metrics_bind_address:
+        return Runtime(telemetry=TelemetryConfig())
+    ensure_free(*split_host_port(metrics_bind_address), "Prometheus metrics")
+    metrics = PrometheusConfig(bind_address=metrics_bind_address, counters_total_suffix=True)
     return Runtime(telemetry=TelemetryConfig(metrics=metrics))
 
 
