@@ -64,10 +64,45 @@ class Settings(BaseSettings):
     # --- Embedded dev server (`nexpo-workflows dev`) ------------------------------------
     temporal_ui_port: int = Field(default=8233, gt=0, lt=65536)
 
-    # --- Embedded store -----------------------------------------------------------------
+    # --- Database providers --------------------------------------------------------------
     data_dir: Path = Path(".nexpo")
-    enable_sqlite: bool = True
+    # None: on when no other provider is enabled (the embedded default).
+    enable_sqlite: bool | None = None
     sqlite_path: Path | None = None
+
+    enable_postgres: bool = False
+    postgres_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    postgres_pool_size: int = Field(default=5, ge=1)
+
+    enable_mongodb: bool = False
+    mongodb_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    mongodb_database: str = Field(default="nexpo", min_length=1)
+
+    enable_cosmosdb: bool = False
+    cosmosdb_endpoint: str = "https://localhost:8081"
+    cosmosdb_key: SecretStr = SecretStr("")
+    cosmosdb_database: str = Field(default="nexpo", min_length=1)
+    cosmosdb_container: str = Field(default="users", min_length=1)
+    # Only for a local emulator with a self-signed certificate.
+    cosmosdb_verify_tls: bool = True
+
+    enable_supabase: bool = False
+    supabase_url: str = "http://127.0.0.1:54321"
+    supabase_service_role_key: SecretStr = SecretStr("")
+    supabase_table: str = Field(default="nexpo_users", min_length=1)
+
+    enable_sqlserver: bool = False
+    sqlserver_url: SecretStr = SecretStr("")
+
+    # --- User onboarding saga -----------------------------------------------------------
+    # "activity": each database step is a regular activity; "local": a local activity
+    # (fewer server round trips, same all-or-nothing guarantees).
+    onboarding_step_mode: Literal["activity", "local"] = "activity"
+    onboarding_parallel: bool = True
+    # The saga's own deadline: past it, the steps stop and every write is compensated.
+    onboarding_timeout_seconds: float = Field(default=120.0, gt=0)
+    onboarding_step_timeout_seconds: float = Field(default=10.0, gt=0)
+    onboarding_compensation_attempts: int = Field(default=10, ge=1)
 
     # --- Health check -------------------------------------------------------------------
     health_check_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -108,6 +143,19 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"no readable file at {value}")
         return value
+
+    @model_validator(mode="after")
+    def _required_credentials(self) -> Settings:
+        required = {
+            "COSMOSDB_KEY": self.enable_cosmosdb and not self.cosmosdb_key.get_secret_value(),
+            "SUPABASE_SERVICE_ROLE_KEY": self.enable_supabase
+            and not self.supabase_service_role_key.get_secret_value(),
+            "SQLSERVER_URL": self.enable_sqlserver and not self.sqlserver_url.get_secret_value(),
+        }
+        missing = [name for name, absent in required.items() if absent]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} must be set when its provider is enabled")
+        return self
 
     @model_validator(mode="after")
     def _client_cert_pair(self) -> Settings:

@@ -3,21 +3,64 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
+from typing import NamedTuple
 
 from nexpo_workflows.config import Settings
-from nexpo_workflows.providers.base import DatabaseProvider, ProviderUnavailableError
-from nexpo_workflows.providers.sqlite import SQLiteProvider
+from nexpo_workflows.providers.base import (
+    DatabaseProvider,
+    DuplicateEmailError,
+    ProviderUnavailableError,
+    UserRecord,
+)
 
-__all__ = ["DatabaseProvider", "ProviderUnavailableError", "enabled_providers"]
+__all__ = [
+    "PROVIDERS",
+    "DatabaseProvider",
+    "DuplicateEmailError",
+    "ProviderUnavailableError",
+    "UserRecord",
+    "enabled_provider_names",
+    "enabled_providers",
+]
 
-# name -> (is it enabled, how to build it). A new provider is one module plus one line here.
-_REGISTRY: dict[str, tuple[Callable[[Settings], bool], Callable[[Settings], DatabaseProvider]]] = {
-    SQLiteProvider.name: (lambda s: s.enable_sqlite, SQLiteProvider.from_settings),
+
+class Registration(NamedTuple):
+    enabled: Callable[[Settings], bool]
+    # "module:Class", imported only when enabled, so a provider's client library is needed
+    # only by those who turn it on (each is an extra of the package).
+    implementation: str
+
+
+# A new provider is one module plus one line here (and its settings). Order = saga order.
+PROVIDERS: dict[str, Registration] = {
+    "postgres": Registration(lambda s: s.enable_postgres, "postgres:PostgresProvider"),
+    "mongodb": Registration(lambda s: s.enable_mongodb, "mongodb:MongoProvider"),
+    "cosmosdb": Registration(lambda s: s.enable_cosmosdb, "cosmosdb:CosmosProvider"),
+    "supabase": Registration(lambda s: s.enable_supabase, "supabase:SupabaseProvider"),
+    "sqlserver": Registration(lambda s: s.enable_sqlserver, "sqlserver:SQLServerProvider"),
+    "sqlite": Registration(lambda s: bool(s.enable_sqlite), "sqlite:SQLiteProvider"),
 }
+
+
+def enabled_provider_names(settings: Settings) -> list[str]:
+    names = [name for name, reg in PROVIDERS.items() if reg.enabled(settings)]
+    if settings.enable_sqlite is None and not names:
+        names = ["sqlite"]  # the embedded default when nothing else is configured
+    return names
+
+
+def load_provider_class(name: str) -> type[DatabaseProvider]:
+    module, _, cls = PROVIDERS[name].implementation.partition(":")
+    provider_class: type[DatabaseProvider] = getattr(
+        import_module(f"nexpo_workflows.providers.{module}"), cls
+    )
+    return provider_class
 
 
 def enabled_providers(settings: Settings) -> dict[str, DatabaseProvider]:
     """Fresh, unconnected instances of every provider the settings enable."""
     return {
-        name: build(settings) for name, (enabled, build) in _REGISTRY.items() if enabled(settings)
+        name: load_provider_class(name).from_settings(settings)
+        for name in enabled_provider_names(settings)
     }

@@ -1,19 +1,49 @@
-"""The interface every database provider implements."""
+"""The interface every database provider implements, and the record they all store."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from datetime import datetime
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, Field
+
+from nexpo_workflows.config import Settings
 
 
 class ProviderUnavailableError(Exception):
     """The backend cannot be reached or answered with a transient error; retrying may help."""
 
 
+class DuplicateEmailError(Exception):
+    """Another user (another id) already has this email; retrying cannot help."""
+
+
+class UserRecord(BaseModel):
+    """The same fields in every provider: the saga writes this record everywhere."""
+
+    id: str = Field(min_length=1, max_length=64)
+    email: str = Field(min_length=3, max_length=320)
+    name: str = Field(min_length=1, max_length=200)
+    # An Argon2id hash, never a password; kept out of reprs so it does not reach logs.
+    password_hash: str = Field(min_length=1, max_length=512, repr=False)
+    created_at: datetime
+    profile: dict[str, Any] | None = None
+
+
 class DatabaseProvider(ABC):
-    """A database the workflows write to: one implementation module per backend."""
+    """A database the workflows write to: one implementation module per backend.
+
+    Every write is idempotent on the record's id, so an activity retried after a timeout
+    (which may have written) converges on the same state.
+    """
 
     name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """Build an unconnected instance from the provider's variables in the settings."""
 
     @abstractmethod
     async def connect(self) -> None:
@@ -26,3 +56,16 @@ class DatabaseProvider(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """One cheap round trip; raises ProviderUnavailableError when the backend is down."""
+
+    @abstractmethod
+    async def create_user(self, user: UserRecord) -> None:
+        """Insert ``user``. Succeeds if a record with this id is already there;
+        raises DuplicateEmailError if a record with another id has the same email."""
+
+    @abstractmethod
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        """The record with this id, or None."""
+
+    @abstractmethod
+    async def delete_user(self, user_id: str) -> bool:
+        """Remove the record with this id; True if one was there. Absent is not an error."""

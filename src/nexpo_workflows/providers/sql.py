@@ -1,0 +1,153 @@
+"""One implementation for the SQL providers (SQLite, PostgreSQL, SQL Server), on SQLAlchemy Core.
+
+Only portable statements are used (no dialect-specific upsert), so the SQL Server dialect
+compiles the same statements that run on SQLite and PostgreSQL in the tests.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    delete,
+    exc,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql import Executable
+
+from nexpo_workflows.providers.base import (
+    DatabaseProvider,
+    DuplicateEmailError,
+    ProviderUnavailableError,
+    UserRecord,
+)
+
+metadata = MetaData()
+
+users = Table(
+    "nexpo_users",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("password_hash", String(512), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("profile", JSON, nullable=True),
+)
+
+
+def with_driver(url: str, scheme: str) -> str:
+    """``postgresql://...`` as users write it, with the async driver SQLAlchemy needs."""
+    given, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("not a database URL (expected scheme://...)")
+    return f"{scheme}://{rest}" if "+" not in given else url
+
+
+class UserStatements:
+    """The statements the SQL providers run, built without a connection (and so compilable)."""
+
+    @staticmethod
+    def insert_user(user: UserRecord) -> Executable:
+        return insert(users).values(**user.model_dump())
+
+    @staticmethod
+    def select_user(user_id: str) -> Executable:
+        return select(users).where(users.c.id == user_id)
+
+    @staticmethod
+    def delete_user(user_id: str) -> Executable:
+        return delete(users).where(users.c.id == user_id)
+
+
+class SQLProvider(DatabaseProvider):
+    """A provider over any SQLAlchemy async URL; subclasses only name themselves and their URL."""
+
+    def __init__(self, url: str, **engine_options: Any) -> None:
+        self.url = url
+        self._engine_options = engine_options
+        self._engine: AsyncEngine | None = None
+
+    async def _prepare(self) -> None:
+        """Anything to do before the engine is created (a directory for a file database)."""
+
+    async def connect(self) -> None:
+        if self._engine is not None:
+            return
+        await self._prepare()
+        engine = create_async_engine(self.url, pool_pre_ping=True, **self._engine_options)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(metadata.create_all, checkfirst=True)
+        except Exception as error:
+            await engine.dispose()
+            raise self._unavailable(error) from error
+        self._engine = engine
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+    async def _ready_engine(self) -> AsyncEngine:
+        await self.connect()
+        assert self._engine is not None
+        return self._engine
+
+    def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return ProviderUnavailableError(f"{self.name}: {detail}")
+
+    async def ping(self) -> None:
+        engine = await self._ready_engine()
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except (exc.DBAPIError, OSError) as error:
+            raise self._unavailable(error) from error
+
+    async def create_user(self, user: UserRecord) -> None:
+        engine = await self._ready_engine()
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(UserStatements.insert_user(user))
+            return
+        except exc.IntegrityError:
+            pass  # the id or the email exists: ours (a retry) or somebody else's
+        except (exc.DBAPIError, OSError) as error:
+            raise self._unavailable(error) from error
+        if await self.get_user(user.id) is None:
+            raise DuplicateEmailError(f"{self.name}: a user with email {user.email} exists")
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        engine = await self._ready_engine()
+        try:
+            async with engine.connect() as connection:
+                row = (await connection.execute(UserStatements.select_user(user_id))).first()
+        except (exc.DBAPIError, OSError) as error:
+            raise self._unavailable(error) from error
+        if row is None:
+            return None
+        values = row._asdict()
+        if values["created_at"].tzinfo is None:  # SQLite keeps no zone; we write UTC
+            values["created_at"] = values["created_at"].replace(tzinfo=UTC)
+        return UserRecord.model_validate(values)
+
+    async def delete_user(self, user_id: str) -> bool:
+        engine = await self._ready_engine()
+        try:
+            async with engine.begin() as connection:
+                result = await connection.execute(UserStatements.delete_user(user_id))
+        except (exc.DBAPIError, OSError) as error:
+            raise self._unavailable(error) from error
+        return bool(result.rowcount)
