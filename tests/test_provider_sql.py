@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.dialects import mssql
 from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql import ClauseElement
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
@@ -71,8 +72,8 @@ class TestPostgresProvider(ProviderContract):
         await second.close()
 
 
-def compiled(statement: object) -> str:
-    return str(statement.compile(dialect=mssql.dialect()))  # type: ignore[attr-defined]
+def compiled(statement: ClauseElement | CreateTable) -> str:
+    return str(statement.compile(dialect=mssql.dialect()))  # type: ignore[no-untyped-call]
 
 
 def test_sqlserver_statements_compile_with_the_mssql_dialect() -> None:

@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Delete, Insert, Select
 
 from nexpo_workflows.providers.base import (
     DatabaseProvider,
@@ -58,15 +58,15 @@ class UserStatements:
     """The statements the SQL providers run, built without a connection (and so compilable)."""
 
     @staticmethod
-    def insert_user(user: UserRecord) -> Executable:
+    def insert_user(user: UserRecord) -> Insert:
         return insert(users).values(**user.model_dump())
 
     @staticmethod
-    def select_user(user_id: str) -> Executable:
+    def select_user(user_id: str) -> Select[Any]:
         return select(users).where(users.c.id == user_id)
 
     @staticmethod
-    def delete_user(user_id: str) -> Executable:
+    def delete_user(user_id: str) -> Delete:
         return delete(users).where(users.c.id == user_id)
 
 
