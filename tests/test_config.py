@@ -9,6 +9,7 @@ import pytest
 
 from nexpo_workflows.client import connection_options
 from nexpo_workflows.config import ConfigError, Settings, load_settings
+from nexpo_workflows.providers import enabled_provider_names
 
 SECRET = "sk-temporal-very-secret-value"
 
@@ -26,7 +27,13 @@ def test_defaults_follow_the_guide() -> None:
     assert settings.temporal_server_url == "localhost:7233"
     assert settings.temporal_namespace == "default"
     assert settings.temporal_task_queue == "main-task-queue"
-    assert settings.enable_sqlite is True
+    assert enabled_provider_names(settings) == ["sqlite"]  # the embedded default
+
+
+def test_sqlite_is_off_by_default_once_another_provider_is_on() -> None:
+    assert enabled_provider_names(Settings(_env_file=None, enable_postgres=True)) == ["postgres"]
+    both = Settings(_env_file=None, enable_postgres=True, enable_sqlite=True)
+    assert enabled_provider_names(both) == ["postgres", "sqlite"]
 
 
 def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

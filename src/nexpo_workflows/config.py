@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     supabase_url: str = "http://127.0.0.1:54321"
     supabase_service_role_key: SecretStr = SecretStr("")
     supabase_table: str = Field(default="nexpo_users", min_length=1)
+    supabase_db_url: SecretStr | None = None
 
     enable_sqlserver: bool = False
     sqlserver_url: SecretStr = SecretStr("")

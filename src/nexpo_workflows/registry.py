@@ -10,8 +10,10 @@ from temporalio import workflow
 from nexpo_workflows.health.activities import HealthActivities
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
 from nexpo_workflows.services import Services
+from nexpo_workflows.users.steps import UserActivities, UserSteps
+from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
 
-WORKFLOWS: Sequence[type] = (HealthCheckWorkflow,)
+WORKFLOWS: Sequence[type] = (HealthCheckWorkflow, UserOnboardingWorkflow, UserOffboardingWorkflow)
 WORKFLOW_NAMES: frozenset[str] = frozenset(
     defn.name for defn in map(workflow._Definition.must_from_class, WORKFLOWS) if defn.name
 )
@@ -19,4 +21,5 @@ WORKFLOW_NAMES: frozenset[str] = frozenset(
 
 def activities(services: Services) -> list[Callable[..., Any]]:
     health = HealthActivities(services.checker)
-    return [health.list_health_dependencies, health.check_dependency]
+    users = UserActivities(services.settings, UserSteps(services.providers))
+    return [health.list_health_dependencies, health.check_dependency, *users.all()]

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from nexpo_workflows import registry
 from nexpo_workflows.client import connect
@@ -27,6 +28,12 @@ def build_worker(client: Client, services: Services, *, task_queue: str | None =
         workflows=list(registry.WORKFLOWS),
         activities=registry.activities(services),
         interceptors=[CompletionMetricsInterceptor()],
+        workflow_runner=SandboxedWorkflowRunner(
+            # Loaded lazily by pydantic's email validation inside workflows.
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(
+                "email_validator", "idna"
+            )
+        ),
         identity=settings.temporal_worker_identity,
         max_concurrent_workflow_tasks=settings.temporal_max_concurrent_workflow_tasks,
         max_concurrent_activities=settings.temporal_max_concurrent_activities,

@@ -30,16 +30,20 @@ class Registration(NamedTuple):
     # "module:Class", imported only when enabled, so a provider's client library is needed
     # only by those who turn it on (each is an extra of the package).
     implementation: str
+    # The guide's activity names: create_<label>_user, delete_<label>_user.
+    activity_label: str
 
 
 # A new provider is one module plus one line here (and its settings). Order = saga order.
 PROVIDERS: dict[str, Registration] = {
-    "postgres": Registration(lambda s: s.enable_postgres, "postgres:PostgresProvider"),
-    "mongodb": Registration(lambda s: s.enable_mongodb, "mongodb:MongoProvider"),
-    "cosmosdb": Registration(lambda s: s.enable_cosmosdb, "cosmosdb:CosmosProvider"),
-    "supabase": Registration(lambda s: s.enable_supabase, "supabase:SupabaseProvider"),
-    "sqlserver": Registration(lambda s: s.enable_sqlserver, "sqlserver:SQLServerProvider"),
-    "sqlite": Registration(lambda s: bool(s.enable_sqlite), "sqlite:SQLiteProvider"),
+    "postgres": Registration(lambda s: s.enable_postgres, "postgres:PostgresProvider", "postgres"),
+    "mongodb": Registration(lambda s: s.enable_mongodb, "mongodb:MongoProvider", "mongo"),
+    "cosmosdb": Registration(lambda s: s.enable_cosmosdb, "cosmosdb:CosmosProvider", "cosmos"),
+    "supabase": Registration(lambda s: s.enable_supabase, "supabase:SupabaseProvider", "supabase"),
+    "sqlserver": Registration(
+        lambda s: s.enable_sqlserver, "sqlserver:SQLServerProvider", "sqlserver"
+    ),
+    "sqlite": Registration(lambda s: bool(s.enable_sqlite), "sqlite:SQLiteProvider", "sqlite"),
 }
 
 

@@ -1,0 +1,185 @@
+"""The onboarding saga's decisions and compensation order, shared by both execution modes.
+
+The same code runs inside ``UserOnboardingWorkflow`` (steps are Temporal activities) and
+in-process when ``ENABLE_TEMPORAL=false`` (steps call the providers directly), so the
+all-or-nothing rules cannot drift apart. It only awaits ``SagaSteps`` and uses
+deterministic primitives (``workflow.wait``, the loop's clock), which makes it replay-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
+
+from temporalio import workflow
+
+from nexpo_workflows.providers.base import UserRecord
+from nexpo_workflows.users.models import (
+    ProviderOutcome,
+    ProviderStatus,
+    ProviderStep,
+    SagaPlan,
+    SagaResult,
+    SagaStatus,
+)
+
+TIMEOUT_KIND = "SagaTimeout"
+
+
+class StepFailedError(Exception):
+    """A step gave up: ``kind`` says why (DuplicateEmail, ProviderUnavailable, ...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class SagaSteps(Protocol):
+    async def create(self, step: ProviderStep, user: UserRecord, time_left: float) -> None:
+        """Write the user (idempotent), retrying for at most ``time_left`` seconds; raise
+        StepFailedError when it cannot succeed (kind TIMEOUT_KIND when time ran out)."""
+
+    async def delete(self, step: ProviderStep, user_id: str) -> bool:
+        """Remove the user (idempotent, retried); raise StepFailedError when it gives up."""
+
+    def count_compensation(self, provider: str, outcome: str) -> None:
+        """Record one compensation's outcome in the metrics."""
+
+
+def _groups(plan: SagaPlan) -> list[list[ProviderStep]]:
+    return [list(plan.steps)] if plan.parallel else [[step] for step in plan.steps]
+
+
+async def _settle(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel what still runs and wait until it has really stopped (no late writes)."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await workflow.wait(tasks)
+
+
+async def _run_group(coroutines: list[Coroutine[Any, Any, None]], deadline: float) -> str | None:
+    """Run the steps of one group together; the kind of the first failure, or None."""
+    loop = asyncio.get_running_loop()
+    tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
+    try:
+        _, pending = await workflow.wait(
+            tasks,
+            timeout=max(deadline - loop.time(), 0),
+            return_when=asyncio.FIRST_EXCEPTION,
+        )
+    except asyncio.CancelledError:
+        await _settle(tasks)
+        raise
+    await _settle(pending)
+    for task in tasks:
+        if not task.cancelled() and isinstance(task.exception(), StepFailedError):
+            error = task.exception()
+            assert isinstance(error, StepFailedError)
+            return error.kind
+    return TIMEOUT_KIND if pending else None
+
+
+async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaResult:
+    """Create ``user`` in every planned provider, or compensate every step that started."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + plan.timeout_seconds
+    outcomes = {
+        s.provider: ProviderOutcome(provider=s.provider, status=ProviderStatus.NOT_STARTED)
+        for s in plan.steps
+    }
+    compensations: list[ProviderStep] = []
+
+    async def create(step: ProviderStep) -> None:
+        # Registered before the step runs: a write whose answer was lost is undone too.
+        compensations.append(step)
+        outcome = outcomes[step.provider]
+        try:
+            await steps.create(step, user, deadline - loop.time())
+        except StepFailedError as error:
+            outcome.status, outcome.error = ProviderStatus.FAILED, str(error)
+            raise
+        except asyncio.CancelledError:
+            outcome.error = "interrupted before it finished"
+            raise
+        outcome.status = ProviderStatus.CREATED
+
+    failure: str | None = None
+    try:
+        for group in _groups(plan):
+            failure = await _run_group([create(step) for step in group], deadline)
+            if failure is not None:
+                break
+    except asyncio.CancelledError:
+        await _compensate(compensations, user.id, outcomes, steps)
+        raise
+    if failure is None:
+        return SagaResult(
+            user_id=user.id, status=SagaStatus.COMPLETED, providers=list(outcomes.values())
+        )
+    if failure == TIMEOUT_KIND:
+        for outcome in outcomes.values():
+            if outcome.status is ProviderStatus.NOT_STARTED and outcome.error:
+                outcome.status = ProviderStatus.FAILED
+                outcome.error = (
+                    f"not done when the saga deadline of {plan.timeout_seconds:g}s passed"
+                )
+    complete = await _compensate(compensations, user.id, outcomes, steps)
+    return SagaResult(
+        user_id=user.id,
+        status=SagaStatus.ROLLED_BACK if complete else SagaStatus.ROLLBACK_INCOMPLETE,
+        providers=list(outcomes.values()),
+        failure_kind=failure,
+    )
+
+
+async def _compensate(
+    compensations: list[ProviderStep],
+    user_id: str,
+    outcomes: dict[str, ProviderOutcome],
+    steps: SagaSteps,
+) -> bool:
+    """Undo in reverse order; every compensation runs even if an earlier one gave up."""
+    complete = True
+    for step in reversed(compensations):
+        outcome = outcomes[step.provider]
+        try:
+            await steps.delete(step, user_id)
+        except StepFailedError as error:
+            complete = False
+            outcome.status = ProviderStatus.COMPENSATION_FAILED
+            outcome.compensation_error = str(error)
+            steps.count_compensation(step.provider, "failed")
+            continue
+        if outcome.status is not ProviderStatus.FAILED:
+            outcome.status = ProviderStatus.COMPENSATED
+        steps.count_compensation(step.provider, "compensated")
+    return complete
+
+
+async def offboard(plan: SagaPlan, user_id: str, steps: SagaSteps) -> SagaResult:
+    """Delete the user from every planned provider; every provider is tried."""
+    outcomes: dict[str, ProviderOutcome] = {}
+
+    async def delete(step: ProviderStep) -> None:
+        try:
+            existed = await steps.delete(step, user_id)
+        except StepFailedError as error:
+            outcomes[step.provider] = ProviderOutcome(
+                provider=step.provider, status=ProviderStatus.FAILED, error=str(error)
+            )
+            return
+        status = ProviderStatus.DELETED if existed else ProviderStatus.ABSENT
+        outcomes[step.provider] = ProviderOutcome(provider=step.provider, status=status)
+
+    for group in _groups(plan):
+        await asyncio.gather(*(delete(step) for step in group))
+    ordered = [outcomes[step.provider] for step in plan.steps]
+    failed = any(o.status is ProviderStatus.FAILED for o in ordered)
+    return SagaResult(
+        user_id=user_id,
+        status=SagaStatus.FAILED if failed else SagaStatus.COMPLETED,
+        providers=ordered,
+        failure_kind="ProviderUnavailable" if failed else None,
+    )

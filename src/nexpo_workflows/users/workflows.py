@@ -1,0 +1,176 @@
+"""UserOnboardingWorkflow and UserOffboardingWorkflow: thin shells over the shared saga."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows.providers.base import UserRecord
+    from nexpo_workflows.users.models import (
+        CreateUserStepInput,
+        DeleteUserStepInput,
+        DeleteUserStepResult,
+        OffboardingInput,
+        OnboardingInput,
+        PlanInput,
+        ProviderStep,
+        SagaOptions,
+        SagaPlan,
+        SagaResult,
+        SagaStatus,
+        StepMode,
+    )
+    from nexpo_workflows.users.saga import TIMEOUT_KIND, StepFailedError, offboard, onboard
+    from nexpo_workflows.users.steps import STEP_RETRY
+
+ROLLED_BACK = "OnboardingRolledBack"
+OFFBOARDING_FAILED = "OffboardingFailed"
+
+
+class ActivitySteps:
+    """``SagaSteps`` as Temporal activities (or local activities, by the plan's step mode)."""
+
+    def __init__(self, plan: SagaPlan) -> None:
+        self._plan = plan
+        self._compensations = workflow.metric_meter().create_counter(
+            "saga_compensations", "Compensations run by the user saga, by provider and outcome"
+        )
+
+    async def _execute(
+        self,
+        activity: str,
+        arg: Any,
+        result_type: type | None,
+        retry: RetryPolicy,
+        time_left: float | None = None,
+    ) -> Any:
+        options: dict[str, Any] = {
+            "result_type": result_type,
+            "start_to_close_timeout": timedelta(seconds=self._plan.step_timeout_seconds),
+            # Temporal stops retrying at the saga's deadline (a local activity would otherwise
+            # hold the workflow task and delay the deadline's timer).
+            "schedule_to_close_timeout": None
+            if time_left is None
+            else timedelta(seconds=max(time_left, 0.001)),
+            "retry_policy": retry,
+            # Wait until a cancelled step has really stopped, so no write lands after its
+            # compensation.
+            "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        }
+        try:
+            if self._plan.step_mode is StepMode.LOCAL:
+                # Back off on server timers, not inside the workflow task: a retrying local
+                # activity would otherwise hold the task open and delay every other event.
+                return await workflow.execute_local_activity(
+                    activity, arg, local_retry_threshold=timedelta(milliseconds=50), **options
+                )
+            return await workflow.execute_activity(activity, arg, **options)
+        except ActivityError as error:
+            cause = error.cause
+            if isinstance(cause, CancelledError):
+                raise asyncio.CancelledError from error  # stopped by the saga, not failed
+            if isinstance(cause, TimeoutError) and time_left is not None:
+                raise StepFailedError(TIMEOUT_KIND, "not done by the saga's deadline") from error
+            if isinstance(cause, ApplicationError):
+                raise StepFailedError(cause.type or "ApplicationError", cause.message) from error
+            raise StepFailedError(type(cause).__name__, str(cause or error)) from error
+
+    async def create(self, step: ProviderStep, user: UserRecord, time_left: float) -> None:
+        await self._execute(
+            step.create_activity,
+            CreateUserStepInput(provider=step.provider, user=user),
+            None,
+            STEP_RETRY,
+            time_left,
+        )
+
+    async def delete(self, step: ProviderStep, user_id: str) -> bool:
+        result: DeleteUserStepResult = await self._execute(
+            step.delete_activity,
+            DeleteUserStepInput(provider=step.provider, user_id=user_id),
+            DeleteUserStepResult,
+            RetryPolicy(
+                initial_interval=STEP_RETRY.initial_interval,
+                backoff_coefficient=STEP_RETRY.backoff_coefficient,
+                maximum_interval=STEP_RETRY.maximum_interval,
+                maximum_attempts=self._plan.compensation_attempts,
+            ),
+        )
+        return result.existed
+
+    def count_compensation(self, provider: str, outcome: str) -> None:
+        self._compensations.add(1, {"provider": provider, "outcome": outcome})
+
+
+async def _plan(options: SagaOptions) -> SagaPlan:
+    try:
+        plan: SagaPlan = await workflow.execute_local_activity(
+            "plan_user_saga",
+            PlanInput(options=options),
+            result_type=SagaPlan,
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+    except ActivityError as error:
+        # A refused plan is the caller's mistake: fail with its reason, not a wrapper.
+        if isinstance(error.cause, ApplicationError):
+            raise ApplicationError(
+                error.cause.message, type=error.cause.type, non_retryable=True
+            ) from error
+        raise
+    return plan
+
+
+@workflow.defn(name="UserOnboardingWorkflow")
+class UserOnboardingWorkflow:
+    def __init__(self) -> None:
+        self._result: SagaResult | None = None
+
+    @workflow.run
+    async def run(self, input: OnboardingInput) -> SagaResult:
+        plan = await _plan(input.options)
+        now = workflow.now()
+        user = UserRecord(
+            id=input.user_id or str(workflow.uuid4()),
+            email=input.email,
+            name=input.name,
+            password_hash=input.password_hash,
+            # Millisecond precision: what every provider stores, so records compare equal.
+            created_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
+            profile=input.profile,
+        )
+        self._result = await onboard(plan, user, ActivitySteps(plan))
+        if self._result.status is not SagaStatus.COMPLETED:
+            raise ApplicationError(
+                self._result.summary(),
+                self._result.model_dump(mode="json"),
+                type=self._result.failure_kind or ROLLED_BACK,
+                non_retryable=True,
+            )
+        return self._result
+
+    @workflow.query(name="outcome")
+    def outcome(self) -> SagaResult | None:
+        return self._result
+
+
+@workflow.defn(name="UserOffboardingWorkflow")
+class UserOffboardingWorkflow:
+    @workflow.run
+    async def run(self, input: OffboardingInput) -> SagaResult:
+        plan = await _plan(input.options)
+        result = await offboard(plan, input.user_id, ActivitySteps(plan))
+        if result.status is not SagaStatus.COMPLETED:
+            raise ApplicationError(
+                result.summary(),
+                result.model_dump(mode="json"),
+                type=OFFBOARDING_FAILED,
+                non_retryable=True,
+            )
+        return result

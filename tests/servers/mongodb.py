@@ -1,0 +1,78 @@
+"""A real MongoDB wire-protocol server (SecantusDB) in a subprocess on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from nexpo_workflows.ports import free_port
+
+SECANTUSD = Path(sys.executable).parent / "secantusd-py"
+HOST = "127.0.0.1"
+START_TIMEOUT_SECONDS = 20.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+async def _accepts_connections(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(HOST, port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+@contextlib.asynccontextmanager
+async def running_mongodb(
+    *, port: int | None = None, storage_path: Path | None = None
+) -> AsyncIterator[str]:
+    """Start SecantusDB, yield its URL, stop it by its PID.
+
+    ``storage_path`` keeps the data across a stop and a start on the same ``port``
+    (a restarted server); without it the data lives in memory and dies with the process.
+    """
+    port = port or free_port(HOST)
+    storage = str(storage_path) if storage_path is not None else ":memory:"
+    with tempfile.TemporaryFile() as log:
+        process = await asyncio.create_subprocess_exec(
+            str(SECANTUSD),
+            *("--host", HOST, "--port", str(port), "--storage-path", storage),
+            *("--log-level", "WARNING"),
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
+            while not await _accepts_connections(port):
+                if process.returncode is not None or asyncio.get_running_loop().time() > deadline:
+                    log.seek(0)
+                    output = log.read().decode(errors="replace")
+                    raise RuntimeError(f"SecantusDB did not start on port {port}:\n{output}")
+                await asyncio.sleep(0.05)
+            # The replica-set hello names this one host; a direct connection skips discovery.
+            yield f"mongodb://{HOST}:{port}/?directConnection=true"
+        finally:
+            await _stop(process, port)
+
+
+async def _stop(process: asyncio.subprocess.Process, port: int) -> None:
+    if process.returncode is not None:
+        return
+    process.terminate()
+    deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            await asyncio.wait_for(process.wait(), 0.05)
+            return
+        except TimeoutError:
+            # SecantusDB's accept thread sits in a blocking accept() that closing the
+            # socket does not interrupt, so it sees the stop only when one more client
+            # arrives; without this knock every stop waits out its 2 s join timeout.
+            await _accepts_connections(port)
+    process.kill()
+    await process.wait()

@@ -1,0 +1,282 @@
+"""The user onboarding saga on a real Temporal server with real databases.
+
+Every check of "no trace" reads each database through a separate, freshly connected
+provider, not through the worker's own objects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from nexpo_workflows.config import Settings
+from nexpo_workflows.providers import DatabaseProvider, UserRecord, enabled_providers
+from nexpo_workflows.services import Services
+from nexpo_workflows.users.models import (
+    OffboardingInput,
+    OnboardingInput,
+    ProviderStatus,
+    SagaOptions,
+    SagaResult,
+    SagaStatus,
+    StepMode,
+)
+from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
+from nexpo_workflows.worker import build_worker
+from tests.faults import FaultyProvider
+from tests.servers.postgres import fresh_database
+
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
+PROVIDERS = ["postgres", "sqlite"]
+
+
+@pytest.fixture(scope="module")
+async def postgres_url() -> AsyncIterator[str]:
+    async with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def saga_settings(make_settings: Callable[..., Settings], postgres_url: str) -> Settings:
+    return make_settings(
+        enable_postgres=True,
+        postgres_url=postgres_url,
+        enable_sqlite=True,
+        onboarding_timeout_seconds=30,
+        onboarding_step_timeout_seconds=5,
+        onboarding_compensation_attempts=3,
+    )
+
+
+@asynccontextmanager
+async def saga_worker(
+    client: Client, settings: Settings, **faults: Any
+) -> AsyncIterator[dict[str, DatabaseProvider]]:
+    """A worker whose providers are real, some wrapped with the faults named per provider."""
+    providers = enabled_providers(settings)
+    for name, fault in faults.items():
+        providers[name] = FaultyProvider(providers[name], **fault)
+    services = Services(settings=settings, client=client, providers=providers)
+    try:
+        async with build_worker(client, services):
+            yield providers
+    finally:
+        await services.close()
+
+
+async def stored(settings: Settings, user_id: str) -> dict[str, UserRecord | None]:
+    """What each database holds for ``user_id``, read over new connections."""
+    readers = enabled_providers(settings)
+    try:
+        return {name: await p.get_user(user_id) for name, p in readers.items()}
+    finally:
+        for provider in readers.values():
+            await provider.close()
+
+
+def onboarding(**options: Any) -> OnboardingInput:
+    return OnboardingInput(
+        email=f"Ada.{uuid.uuid4().hex[:10]}@Example.com",
+        name="Ada Lovelace",
+        password_hash=HASH,
+        profile={"plan": "pro"},
+        user_id=str(uuid.uuid4()),
+        options=SagaOptions(**options),
+    )
+
+
+async def run_saga(client: Client, settings: Settings, input: OnboardingInput) -> SagaResult:
+    return await client.execute_workflow(
+        UserOnboardingWorkflow.run,
+        input,
+        id=f"user-onboarding-{uuid.uuid4()}",
+        task_queue=settings.temporal_task_queue,
+    )
+
+
+async def rolled_back(client: Client, settings: Settings, input: OnboardingInput) -> SagaResult:
+    with pytest.raises(WorkflowFailureError) as caught:
+        await run_saga(client, settings, input)
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.non_retryable
+    return SagaResult.model_validate(cause.details[0])
+
+
+def statuses(result: SagaResult) -> dict[str, ProviderStatus]:
+    return {o.provider: o.status for o in result.providers}
+
+
+@pytest.mark.parametrize("mode", list(StepMode))
+@pytest.mark.parametrize("parallel", [True, False])
+async def test_the_user_is_created_in_every_database(
+    client: Client, saga_settings: Settings, mode: StepMode, parallel: bool
+) -> None:
+    input = onboarding(step_mode=mode, parallel=parallel)
+    async with saga_worker(client, saga_settings):
+        result = await run_saga(client, saga_settings, input)
+    assert result.status is SagaStatus.COMPLETED
+    assert statuses(result) == dict.fromkeys(PROVIDERS, ProviderStatus.CREATED)
+    records = await stored(saga_settings, result.user_id)
+    assert set(records) == set(PROVIDERS)
+    for record in records.values():
+        assert record is not None
+        assert record.email == input.email.lower()
+        assert record.password_hash == HASH
+        assert record.profile == {"plan": "pro"}
+    assert len({record.created_at for record in records.values() if record}) == 1
+
+
+@pytest.mark.parametrize("mode", list(StepMode))
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("failing", PROVIDERS)
+async def test_a_failing_step_leaves_no_trace_anywhere(
+    client: Client, saga_settings: Settings, mode: StepMode, where: str, failing: str
+) -> None:
+    input = onboarding(step_mode=mode, timeout_seconds=1.5)
+    async with saga_worker(client, saga_settings, **{failing: {"create_fails": where}}) as used:
+        result = await rolled_back(client, saga_settings, input)
+    assert result.status is SagaStatus.ROLLED_BACK
+    assert result.failure_kind == "SagaTimeout"
+    assert statuses(result)[failing] is ProviderStatus.FAILED
+    for other in set(PROVIDERS) - {failing}:
+        assert statuses(result)[other] is ProviderStatus.COMPENSATED
+    assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)
+    faulty = used[failing]
+    assert isinstance(faulty, FaultyProvider)
+    assert faulty.create_calls > 1  # a retryable failure is retried until the deadline
+    assert faulty.delete_calls >= 1  # and compensated even though it "failed"
+
+
+async def test_a_duplicate_email_fails_at_once_and_leaves_the_other_user_alone(
+    client: Client, saga_settings: Settings
+) -> None:
+    first = onboarding()
+    async with saga_worker(client, saga_settings):
+        await run_saga(client, saga_settings, first)
+        second = first.model_copy(update={"user_id": str(uuid.uuid4())})
+        result = await rolled_back(client, saga_settings, second)
+    assert result.failure_kind == "DuplicateEmail"
+    assert all(o.status is ProviderStatus.FAILED for o in result.providers)
+    assert all("exists" in (o.error or "") for o in result.providers)
+    assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)
+    kept = await stored(saga_settings, str(first.user_id))
+    assert all(record is not None for record in kept.values())
+
+
+async def test_a_provider_down_then_back_is_retried_to_success(
+    client: Client, saga_settings: Settings
+) -> None:
+    async with saga_worker(client, saga_settings, postgres={"unavailable_for": 3}) as used:
+        result = await run_saga(client, saga_settings, onboarding())
+    assert result.status is SagaStatus.COMPLETED
+    faulty = used["postgres"]
+    assert isinstance(faulty, FaultyProvider)
+    assert faulty.create_calls == 4
+    assert all(r is not None for r in (await stored(saga_settings, result.user_id)).values())
+
+
+async def test_a_retry_after_a_lost_answer_writes_no_duplicate(
+    client: Client, saga_settings: Settings
+) -> None:
+    async with saga_worker(client, saga_settings, sqlite={"lost_answers": 2}) as used:
+        result = await run_saga(client, saga_settings, onboarding())
+    assert result.status is SagaStatus.COMPLETED
+    faulty = used["sqlite"]
+    assert isinstance(faulty, FaultyProvider)
+    assert faulty.create_calls == 3
+    assert faulty.delete_calls == 0
+    assert (await stored(saga_settings, result.user_id))["sqlite"] is not None
+
+
+async def test_cancellation_mid_saga_compensates_to_completion(
+    client: Client, saga_settings: Settings
+) -> None:
+    input = onboarding(parallel=False)
+    async with saga_worker(client, saga_settings, sqlite={"create_delay": 2.0}) as used:
+        handle = await client.start_workflow(
+            UserOnboardingWorkflow.run,
+            input,
+            id=f"user-onboarding-{uuid.uuid4()}",
+            task_queue=saga_settings.temporal_task_queue,
+        )
+        faulty = used["sqlite"]
+        assert isinstance(faulty, FaultyProvider)
+        await faulty.create_started.wait()  # postgres is done, sqlite's step is under way
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as caught:
+            await handle.result()
+        assert isinstance(caught.value.cause, CancelledError)
+    assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
+    assert await stored(saga_settings, str(input.user_id)) == dict.fromkeys(PROVIDERS)
+
+
+async def test_a_compensation_that_keeps_failing_is_reported(
+    client: Client, saga_settings: Settings
+) -> None:
+    faults = {
+        "sqlite": {"create_fails": "before"},
+        "postgres": {"failing_deletes": 100},
+    }
+    async with saga_worker(client, saga_settings, **faults):
+        result = await rolled_back(client, saga_settings, onboarding(timeout_seconds=1))
+    assert result.status is SagaStatus.ROLLBACK_INCOMPLETE
+    postgres = next(o for o in result.providers if o.provider == "postgres")
+    assert postgres.status is ProviderStatus.COMPENSATION_FAILED
+    assert "injected delete failure 3" in (postgres.compensation_error or "")
+    # Reported, not hidden: the record that could not be removed is still there.
+    assert (await stored(saga_settings, result.user_id))["postgres"] is not None
+
+
+async def test_sequential_mode_does_not_start_steps_after_a_failure(
+    client: Client, saga_settings: Settings
+) -> None:
+    faults = {"postgres": {"create_fails": "before"}, "sqlite": {}}
+    async with saga_worker(client, saga_settings, **faults) as used:
+        result = await rolled_back(
+            client, saga_settings, onboarding(parallel=False, timeout_seconds=1)
+        )
+    assert statuses(result) == {
+        "postgres": ProviderStatus.FAILED,
+        "sqlite": ProviderStatus.NOT_STARTED,
+    }
+    sqlite = used["sqlite"]
+    assert isinstance(sqlite, FaultyProvider)
+    assert (sqlite.create_calls, sqlite.delete_calls) == (0, 0)
+
+
+async def test_offboarding_deletes_everywhere_and_is_idempotent(
+    client: Client, saga_settings: Settings
+) -> None:
+    async with saga_worker(client, saga_settings):
+        created = await run_saga(client, saga_settings, onboarding())
+        results = [
+            await client.execute_workflow(
+                UserOffboardingWorkflow.run,
+                OffboardingInput(user_id=created.user_id),
+                id=f"user-offboarding-{uuid.uuid4()}",
+                task_queue=saga_settings.temporal_task_queue,
+            )
+            for _ in range(2)
+        ]
+    assert statuses(results[0]) == dict.fromkeys(PROVIDERS, ProviderStatus.DELETED)
+    assert statuses(results[1]) == dict.fromkeys(PROVIDERS, ProviderStatus.ABSENT)
+    assert await stored(saga_settings, created.user_id) == dict.fromkeys(PROVIDERS)
+
+
+async def test_an_unknown_provider_is_refused_before_any_write(
+    client: Client, saga_settings: Settings
+) -> None:
+    async with saga_worker(client, saga_settings):
+        with pytest.raises(WorkflowFailureError) as caught:
+            await run_saga(client, saga_settings, onboarding(providers=["postgres", "oracle"]))
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "UnknownProvider"
+    assert "oracle" in cause.message
