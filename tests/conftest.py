@@ -14,6 +14,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,11 @@ from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
 from nexpo_workflows.devserver import start_dev_server
 from nexpo_workflows.ports import free_port
+from nexpo_workflows.providers import DatabaseProvider, UserRecord, enabled_providers
 from nexpo_workflows.services import Services
 from nexpo_workflows.worker import build_worker
+from tests.faults import FaultyProvider
+from tests.servers.postgres import fresh_database
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -171,3 +175,47 @@ async def run_cli(command: list[str], env: dict[str, str]) -> CliResult:
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return CliResult(process.returncode, stdout.decode(), stderr.decode())
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    async with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def saga_settings(make_settings: Callable[..., Settings], postgres_url: str) -> Settings:
+    return make_settings(
+        enable_postgres=True,
+        postgres_url=postgres_url,
+        enable_sqlite=True,
+        onboarding_timeout_seconds=30,
+        onboarding_step_timeout_seconds=5,
+        onboarding_compensation_attempts=3,
+    )
+
+
+@asynccontextmanager
+async def saga_worker(
+    client: Client, settings: Settings, **faults: Any
+) -> AsyncIterator[dict[str, DatabaseProvider]]:
+    """A worker whose providers are real, some wrapped with the faults named per provider."""
+    providers = enabled_providers(settings)
+    for name, fault in faults.items():
+        providers[name] = FaultyProvider(providers[name], **fault)
+    services = Services(settings=settings, client=client, providers=providers)
+    try:
+        async with build_worker(client, services):
+            yield providers
+    finally:
+        await services.close()
+
+
+async def stored(settings: Settings, user_id: str) -> dict[str, UserRecord | None]:
+    """What each database holds for ``user_id``, read over new connections."""
+    readers = enabled_providers(settings)
+    try:
+        return {name: await p.get_user(user_id) for name, p in readers.items()}
+    finally:
+        for provider in readers.values():
+            await provider.close()

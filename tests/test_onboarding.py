@@ -7,8 +7,6 @@ provider, not through the worker's own objects.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -16,8 +14,6 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from nexpo_workflows.config import Settings
-from nexpo_workflows.providers import DatabaseProvider, UserRecord, enabled_providers
-from nexpo_workflows.services import Services
 from nexpo_workflows.users.models import (
     OffboardingInput,
     OnboardingInput,
@@ -28,56 +24,11 @@ from nexpo_workflows.users.models import (
     StepMode,
 )
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
-from nexpo_workflows.worker import build_worker
+from tests.conftest import saga_worker, stored
 from tests.faults import FaultyProvider
-from tests.servers.postgres import fresh_database
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
 PROVIDERS = ["postgres", "sqlite"]
-
-
-@pytest.fixture(scope="module")
-async def postgres_url() -> AsyncIterator[str]:
-    async with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-def saga_settings(make_settings: Callable[..., Settings], postgres_url: str) -> Settings:
-    return make_settings(
-        enable_postgres=True,
-        postgres_url=postgres_url,
-        enable_sqlite=True,
-        onboarding_timeout_seconds=30,
-        onboarding_step_timeout_seconds=5,
-        onboarding_compensation_attempts=3,
-    )
-
-
-@asynccontextmanager
-async def saga_worker(
-    client: Client, settings: Settings, **faults: Any
-) -> AsyncIterator[dict[str, DatabaseProvider]]:
-    """A worker whose providers are real, some wrapped with the faults named per provider."""
-    providers = enabled_providers(settings)
-    for name, fault in faults.items():
-        providers[name] = FaultyProvider(providers[name], **fault)
-    services = Services(settings=settings, client=client, providers=providers)
-    try:
-        async with build_worker(client, services):
-            yield providers
-    finally:
-        await services.close()
-
-
-async def stored(settings: Settings, user_id: str) -> dict[str, UserRecord | None]:
-    """What each database holds for ``user_id``, read over new connections."""
-    readers = enabled_providers(settings)
-    try:
-        return {name: await p.get_user(user_id) for name, p in readers.items()}
-    finally:
-        for provider in readers.values():
-            await provider.close()
 
 
 def onboarding(**options: Any) -> OnboardingInput:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeVar
 
 import typer
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.table import Table
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 
 from nexpo_workflows.client import TemporalUnavailableError, connect
 from nexpo_workflows.config import ConfigError, Settings, load_settings
@@ -17,7 +22,17 @@ from nexpo_workflows.devserver import DevServerError
 from nexpo_workflows.health.models import DependencyState, HealthReport
 from nexpo_workflows.health.run import HealthCheckUnavailableError
 from nexpo_workflows.ports import PortInUseError
+from nexpo_workflows.providers import ProviderUnavailableError
+from nexpo_workflows.services import Services
 from nexpo_workflows.telemetry import configure_logging, create_runtime
+from nexpo_workflows.users.models import SagaResult
+from nexpo_workflows.users.service import (
+    AlreadyOnboardingError,
+    CreateUserRequest,
+    SagaFailedError,
+    UserService,
+    UserView,
+)
 
 app = typer.Typer(
     name="nexpo-workflows",
@@ -37,6 +52,7 @@ _USER_ERRORS = (
     PortInUseError,
     DevServerError,
     HealthCheckUnavailableError,
+    ProviderUnavailableError,
 )
 
 
@@ -58,6 +74,11 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
     except _USER_ERRORS as error:
+        _fail(str(error), 1)
+    except AlreadyOnboardingError as error:
+        _fail(str(error), 1)
+    except SagaFailedError as error:
+        _print_result(error.result)
         _fail(str(error), 1)
 
 
@@ -98,7 +119,6 @@ def health(
 ) -> None:
     """Check every enabled dependency; exit 1 when one is down."""
     from nexpo_workflows.health.run import run_health_check
-    from nexpo_workflows.services import Services
 
     settings = _settings()
 
@@ -118,6 +138,126 @@ def health(
     else:
         out.print(_health_table(report))
     raise typer.Exit(0 if report.healthy else 1)
+
+
+users_app = typer.Typer(help="Onboard, look up and offboard users.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(db_app, name="db")
+
+
+@asynccontextmanager
+async def _user_service(settings: Settings) -> AsyncIterator[UserService]:
+    client = None
+    if settings.enable_temporal:
+        client = await connect(settings, runtime=create_runtime(""))
+    services = Services.from_settings(settings, client)
+    try:
+        yield UserService(services, client)
+    finally:
+        await services.close()
+
+
+def _print_result(result: SagaResult) -> None:
+    table = Table(title=f"user {result.user_id}: {result.status}")
+    for column in ("database", "status", "error"):
+        table.add_column(column)
+    for outcome in result.providers:
+        error = " / ".join(e for e in (outcome.error, outcome.compensation_error) if e)
+        table.add_row(outcome.provider, str(outcome.status), error)
+    out.print(table)
+
+
+async def _finish(handle: WorkflowHandle[Any, SagaResult]) -> SagaResult:
+    try:
+        return await handle.result()
+    except WorkflowFailureError as error:
+        cause = error.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            raise SagaFailedError(SagaResult.model_validate(cause.details[0])) from error
+        raise
+
+
+@users_app.command("create")
+def users_create(
+    email: str = typer.Option(..., help="The user's email address."),
+    name: str = typer.Option(..., help="The user's name."),
+    password: str = typer.Option(
+        ..., prompt=True, hide_input=True, confirmation_prompt=True, help="Hashed before use."
+    ),
+    profile: str | None = typer.Option(None, help="Optional profile as a JSON object."),
+    idempotency_key: str | None = typer.Option(None, help="Same key, same saga."),
+    wait: bool = typer.Option(True, help="Wait for the saga to finish."),
+) -> None:
+    """Create a user in every enabled database, or in none."""
+    settings = _settings()
+    try:
+        request = CreateUserRequest(
+            email=email,
+            name=name,
+            password=SecretStr(password),
+            profile=json.loads(profile) if profile else None,
+        )
+    except (ValidationError, json.JSONDecodeError) as error:
+        _fail(f"invalid input: {_input_errors(error)}", 2)
+
+    async def create() -> SagaResult | str:
+        async with _user_service(settings) as users:
+            if users.client is None:
+                return await users.onboard_in_process(request, idempotency_key)
+            handle = await users.start_onboarding(request, idempotency_key)
+            return await _finish(handle) if wait else handle.id
+
+    outcome = _run(create())
+    if isinstance(outcome, str):
+        out.print(f"started workflow {outcome}")
+    else:
+        _print_result(outcome)
+
+
+@users_app.command("get")
+def users_get(user_id: str) -> None:
+    """Show a user and which enabled databases hold it."""
+    settings = _settings()
+
+    async def get() -> UserView | None:
+        async with _user_service(settings) as users:
+            return await users.get(user_id)
+
+    user = _run(get())
+    if user is None:
+        _fail(f"no user {user_id} in any database", 1)
+    out.print_json(user.model_dump_json())
+
+
+@users_app.command("delete")
+def users_delete(user_id: str) -> None:
+    """Delete a user from every enabled database (offboarding; safe to repeat)."""
+    settings = _settings()
+
+    async def delete() -> SagaResult:
+        async with _user_service(settings) as users:
+            if users.client is None:
+                return await users.offboard_in_process(user_id)
+            return await _finish(await users.start_offboarding(user_id))
+
+    _print_result(_run(delete()))
+
+
+@db_app.command("init")
+def db_init() -> None:
+    """Create the schema in every enabled database (safe to repeat)."""
+    from nexpo_workflows.providers.schema import create_schemas
+
+    settings = _settings()
+    for line in _run(create_schemas(settings)):
+        out.print(line)
+
+
+def _input_errors(error: ValidationError | json.JSONDecodeError) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"--profile is not JSON ({error.msg})"
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
 
 
 def _health_table(report: HealthReport) -> Table:

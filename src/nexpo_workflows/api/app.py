@@ -6,11 +6,13 @@ import contextlib
 from collections.abc import Iterator
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from nexpo_workflows import __version__
 from nexpo_workflows.api.deps import GatewayState
-from nexpo_workflows.api.routes import health, workflows
+from nexpo_workflows.api.routes import health, users, workflows
 
 
 def create_app(state: GatewayState) -> FastAPI:
@@ -22,7 +24,19 @@ def create_app(state: GatewayState) -> FastAPI:
     app.state.gateway = state
     app.include_router(health.router)
     app.include_router(workflows.router)
+    app.include_router(users.router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     return app
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    """422 with each field's error, without echoing the input (it may be a password)."""
+    assert isinstance(error, RequestValidationError)
+    details = [
+        {key: value for key, value in problem.items() if key not in ("input", "ctx", "url")}
+        for problem in error.errors()
+    ]
+    return JSONResponse({"detail": details}, status_code=422)
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -1,0 +1,114 @@
+"""/api/users: onboarding (the saga), lookup and offboarding."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Path, Request, status
+from fastapi.responses import JSONResponse
+
+from nexpo_workflows.api.deps import StateDep
+from nexpo_workflows.users.models import SagaResult
+from nexpo_workflows.users.service import (
+    AlreadyOnboardingError,
+    CreateUserRequest,
+    SagaFailedError,
+    UserService,
+    UserView,
+    WorkflowAccepted,
+)
+from nexpo_workflows.users.steps import DUPLICATE_EMAIL
+
+router = APIRouter(prefix="/api/users", tags=["users"])
+
+UserId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Repeat a request with the same key and email to get the same saga.",
+    ),
+]
+
+_FAILURE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"description": "This email is taken or already being onboarded"},
+    503: {"description": "A database could not be written; every write was undone"},
+}
+
+
+def _accepted(request: Request, workflow_id: str) -> JSONResponse:
+    body = WorkflowAccepted(
+        workflow_id=workflow_id,
+        status_url=str(request.url_for("get_workflow", workflow_id=workflow_id)),
+    )
+    return JSONResponse(body.model_dump(by_alias=True), status_code=status.HTTP_202_ACCEPTED)
+
+
+def _saga_failure(error: SagaFailedError) -> HTTPException:
+    duplicate = error.result.failure_kind == DUPLICATE_EMAIL
+    return HTTPException(
+        status.HTTP_409_CONFLICT if duplicate else status.HTTP_503_SERVICE_UNAVAILABLE,
+        {"message": str(error), "result": error.result.model_dump(mode="json")},
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserView,
+    responses={202: {"model": WorkflowAccepted}, **_FAILURE_RESPONSES},
+)
+async def create_user(
+    body: CreateUserRequest,
+    request: Request,
+    state: StateDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Create the user in every enabled database, or in none.
+
+    ENABLE_TEMPORAL=true: starts UserOnboardingWorkflow and answers 202. false: runs the
+    same saga in this process (not durable) and answers 201 with the user.
+    """
+    users = UserService(state.services, state.client)
+    if state.client is not None:
+        try:
+            handle = await users.start_onboarding(body, idempotency_key)
+        except AlreadyOnboardingError as error:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                {"message": str(error), "workflowId": error.workflow_id},
+            ) from None
+        return _accepted(request, handle.id)
+    try:
+        result = await users.onboard_in_process(body, idempotency_key)
+    except SagaFailedError as error:
+        raise _saga_failure(error) from None
+    return await users.get(result.user_id)
+
+
+@router.get("/{user_id}", response_model=UserView, responses={404: {}})
+async def get_user(user_id: UserId, state: StateDep) -> UserView:
+    """The user as stored, and which enabled databases hold it."""
+    user = await UserService(state.services, state.client).get(user_id)
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {user_id} in any database")
+    return user
+
+
+@router.delete(
+    "/{user_id}",
+    response_model=SagaResult,
+    responses={202: {"model": WorkflowAccepted}, 503: _FAILURE_RESPONSES[503]},
+)
+async def delete_user(user_id: UserId, request: Request, state: StateDep) -> Any:
+    """Offboarding: delete the user from every enabled database (idempotent)."""
+    users = UserService(state.services, state.client)
+    if state.client is not None:
+        handle = await users.start_offboarding(user_id)
+        return _accepted(request, handle.id)
+    try:
+        return await users.offboard_in_process(user_id)
+    except SagaFailedError as error:
+        raise _saga_failure(error) from None

@@ -1,0 +1,207 @@
+"""User operations behind the gateway and the CLI, in both modes.
+
+With a Temporal client they start the durable workflows; without one
+(``ENABLE_TEMPORAL=false``) they run the same saga in this process, which is not durable:
+if the process dies mid-saga, what was written stays written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from argon2 import PasswordHasher
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, field_validator
+from pydantic.alias_generators import to_camel
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from nexpo_workflows.providers import UserRecord
+from nexpo_workflows.services import Services
+from nexpo_workflows.users.models import (
+    OffboardingInput,
+    OnboardingInput,
+    SagaOptions,
+    SagaResult,
+    SagaStatus,
+)
+from nexpo_workflows.users.saga import offboard, onboard
+from nexpo_workflows.users.steps import InProcessSteps, UserSteps, plan_saga
+from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
+
+_hasher = PasswordHasher()  # Argon2id with the library's current recommended parameters
+_IDEMPOTENCY_MEMO = "idempotency_key_sha256"
+_KEY_NAMESPACE = uuid.UUID("4f3b1d7e-2a35-4c59-9a0e-6f1f7c1c9b2d")
+
+
+class CreateUserRequest(BaseModel):
+    email: EmailStr
+    name: str = Field(min_length=1, max_length=200)
+    password: SecretStr = Field(min_length=8, max_length=1024)
+    profile: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+
+class UserView(BaseModel):
+    """A user as the API shows it: never the password hash."""
+
+    id: str
+    email: str
+    name: str
+    created_at: datetime
+    profile: dict[str, Any] | None = None
+    # Which enabled databases hold the record (all of them, or none, if the saga did its job).
+    stored_in: dict[str, bool]
+
+
+class WorkflowAccepted(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    workflow_id: str
+    status_url: str
+
+
+class AlreadyOnboardingError(Exception):
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"an onboarding for this email exists: workflow {workflow_id}")
+        self.workflow_id = workflow_id
+
+
+class SagaFailedError(Exception):
+    def __init__(self, result: SagaResult) -> None:
+        super().__init__(result.summary())
+        self.result = result
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def onboarding_workflow_id(email: str) -> str:
+    # Hashed: an email address is personal data and workflow ids are shown everywhere.
+    return f"user-onboarding-{_digest(email.lower())}"
+
+
+def offboarding_workflow_id(user_id: str) -> str:
+    return f"user-offboarding-{user_id}"
+
+
+async def hash_password(password: SecretStr) -> str:
+    # Argon2 is deliberately slow; keep it off the event loop.
+    return await asyncio.to_thread(_hasher.hash, password.get_secret_value())
+
+
+@dataclass
+class UserService:
+    services: Services
+    client: Client | None
+
+    async def _onboarding_input(
+        self, request: CreateUserRequest, user_id: str | None
+    ) -> OnboardingInput:
+        return OnboardingInput(
+            email=request.email,
+            name=request.name,
+            password_hash=await hash_password(request.password),
+            profile=request.profile,
+            user_id=user_id,
+        )
+
+    async def start_onboarding(
+        self, request: CreateUserRequest, idempotency_key: str | None
+    ) -> WorkflowHandle[Any, SagaResult]:
+        """Start the saga (one per email). Raise AlreadyOnboardingError unless the existing
+        one was started with the same idempotency key, in which case it is returned."""
+        assert self.client is not None
+        workflow_id = onboarding_workflow_id(request.email)
+        memo = {_IDEMPOTENCY_MEMO: _digest(idempotency_key)} if idempotency_key else None
+        try:
+            return await self.client.start_workflow(
+                UserOnboardingWorkflow.run,
+                await self._onboarding_input(request, None),
+                id=workflow_id,
+                task_queue=self.services.settings.temporal_task_queue,
+                # A rolled-back saga may be tried again; a running or finished one may not.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                memo=memo,
+            )
+        except WorkflowAlreadyStartedError:
+            handle = self.client.get_workflow_handle_for(UserOnboardingWorkflow.run, workflow_id)
+            if memo is not None:
+                existing = await (await handle.describe()).memo()
+                if existing.get(_IDEMPOTENCY_MEMO) == memo[_IDEMPOTENCY_MEMO]:
+                    return handle
+            raise AlreadyOnboardingError(workflow_id) from None
+
+    async def onboard_in_process(
+        self, request: CreateUserRequest, idempotency_key: str | None
+    ) -> SagaResult:
+        """The same saga without Temporal; a retried key rewrites the same record."""
+        user_id = str(uuid.uuid5(_KEY_NAMESPACE, idempotency_key)) if idempotency_key else None
+        input = await self._onboarding_input(request, user_id)
+        settings = self.services.settings
+        plan = plan_saga(settings, list(self.services.providers), SagaOptions())
+        now = datetime.now(UTC)
+        user = UserRecord(
+            id=input.user_id or str(uuid.uuid4()),
+            email=input.email,
+            name=input.name,
+            password_hash=input.password_hash,
+            created_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
+            profile=input.profile,
+        )
+        steps = InProcessSteps(UserSteps(self.services.providers), plan)
+        result = await onboard(plan, user, steps)
+        if result.status is not SagaStatus.COMPLETED:
+            raise SagaFailedError(result)
+        return result
+
+    async def start_offboarding(self, user_id: str) -> WorkflowHandle[Any, SagaResult]:
+        assert self.client is not None
+        return await self.client.start_workflow(
+            UserOffboardingWorkflow.run,
+            OffboardingInput(user_id=user_id),
+            id=offboarding_workflow_id(user_id),
+            task_queue=self.services.settings.temporal_task_queue,
+            # Deleting twice is harmless: a second request joins a running offboarding.
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+
+    async def offboard_in_process(self, user_id: str) -> SagaResult:
+        plan = plan_saga(self.services.settings, list(self.services.providers), SagaOptions())
+        steps = InProcessSteps(UserSteps(self.services.providers), plan)
+        result = await offboard(plan, user_id, steps)
+        if result.status is not SagaStatus.COMPLETED:
+            raise SagaFailedError(result)
+        return result
+
+    async def get(self, user_id: str) -> UserView | None:
+        """Read every enabled database directly: the record, and where it is stored."""
+        names = list(self.services.providers)
+        records = await asyncio.gather(
+            *(self.services.providers[name].get_user(user_id) for name in names)
+        )
+        found = [record for record in records if record is not None]
+        if not found:
+            return None
+        record = found[0]
+        return UserView(
+            id=record.id,
+            email=record.email,
+            name=record.name,
+            created_at=record.created_at,
+            profile=record.profile,
+            stored_in={name: rec is not None for name, rec in zip(names, records, strict=True)},
+        )

@@ -1,0 +1,184 @@
+"""POST/GET/DELETE /api/users in both modes, against real Temporal and real databases."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from temporalio.client import Client
+
+from nexpo_workflows.api.app import create_app
+from nexpo_workflows.api.deps import GatewayState
+from nexpo_workflows.config import Settings
+from nexpo_workflows.services import Services
+from nexpo_workflows.users.models import SagaResult
+from tests.conftest import saga_worker, stored
+from tests.history_scan import history_payloads
+
+PROVIDERS = ["postgres", "sqlite"]
+
+
+def new_user() -> dict[str, str]:
+    unique = uuid.uuid4().hex[:12]
+    return {
+        "email": f"grace.{unique}@example.com",
+        "name": "Grace Hopper",
+        "password": f"plain-text-secret-{unique}",
+    }
+
+
+@pytest.fixture
+async def durable(client: Client, saga_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway with ENABLE_TEMPORAL=true and a worker on its task queue."""
+    services = Services.from_settings(saga_settings, client)
+    app = create_app(GatewayState(services, client, metrics_url=None))
+    async with (
+        saga_worker(client, saga_settings),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
+    ):
+        yield http
+    await services.close()
+
+
+@pytest.fixture
+async def in_process(saga_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway with ENABLE_TEMPORAL=false: the saga runs inside it."""
+    settings = saga_settings.model_copy(update={"enable_temporal": False})
+    services = Services.from_settings(settings)
+    app = create_app(GatewayState(services, None, metrics_url=None))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw"
+    ) as http:
+        yield http
+    await services.close()
+
+
+async def test_post_starts_the_saga_and_answers_202(
+    durable: httpx.AsyncClient, client: Client, saga_settings: Settings
+) -> None:
+    body = new_user()
+    response = await durable.post("/api/users", json=body)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    workflow_id = accepted["workflowId"]
+    assert accepted["statusUrl"].endswith(f"/api/workflows/{workflow_id}")
+    result = await client.get_workflow_handle(workflow_id, result_type=SagaResult).result()
+    assert all(o.status == "created" for o in result.providers)
+
+    status = (await durable.get(f"/api/workflows/{workflow_id}")).json()
+    assert status["status"] == "completed"
+    user = (await durable.get(f"/api/users/{result.user_id}")).json()
+    assert user["email"] == body["email"]
+    assert user["stored_in"] == dict.fromkeys(PROVIDERS, True)
+    assert "password_hash" not in user
+
+    # The password never reaches Temporal: only its Argon2id hash does.
+    history = await history_payloads(client, workflow_id)
+    assert body["password"] not in history
+    assert "$argon2id$" in history
+    records = await stored(saga_settings, result.user_id)
+    assert all(r is not None and r.password_hash.startswith("$argon2id$") for r in records.values())
+
+
+async def test_the_same_idempotency_key_starts_one_saga(
+    durable: httpx.AsyncClient, client: Client
+) -> None:
+    body = new_user()
+    headers = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+    first = await durable.post("/api/users", json=body, headers=headers)
+    second = await durable.post("/api/users", json=body, headers=headers)
+    assert (first.status_code, second.status_code) == (202, 202)
+    workflow_id = first.json()["workflowId"]
+    assert second.json()["workflowId"] == workflow_id
+    await client.get_workflow_handle(workflow_id).result()
+    for _ in range(50):  # visibility is eventually consistent
+        runs = [w async for w in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+        if runs:
+            break
+        await asyncio.sleep(0.1)
+    assert len(runs) == 1
+
+    # Without the key (or with another), the same email is a conflict naming the saga.
+    again = await durable.post("/api/users", json=body)
+    assert again.status_code == 409
+    assert again.json()["detail"]["workflowId"] == workflow_id
+
+
+async def test_delete_offboards_everywhere(
+    durable: httpx.AsyncClient, client: Client, saga_settings: Settings
+) -> None:
+    accepted = (await durable.post("/api/users", json=new_user())).json()
+    created = await client.get_workflow_handle(
+        accepted["workflowId"], result_type=SagaResult
+    ).result()
+    response = await durable.delete(f"/api/users/{created.user_id}")
+    assert response.status_code == 202
+    await client.get_workflow_handle(response.json()["workflowId"]).result()
+    assert await stored(saga_settings, created.user_id) == dict.fromkeys(PROVIDERS)
+    assert (await durable.get(f"/api/users/{created.user_id}")).status_code == 404
+
+
+async def test_in_process_mode_creates_conflicts_and_deletes(
+    in_process: httpx.AsyncClient, saga_settings: Settings
+) -> None:
+    body = new_user()
+    created = await in_process.post("/api/users", json=body)
+    assert created.status_code == 201, created.text
+    user = created.json()
+    assert user["stored_in"] == dict.fromkeys(PROVIDERS, True)
+
+    duplicate = await in_process.post("/api/users", json={**body, "name": "Someone Else"})
+    assert duplicate.status_code == 409
+    result = SagaResult.model_validate(duplicate.json()["detail"]["result"])
+    assert result.failure_kind == "DuplicateEmail"
+    assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)
+
+    deleted = await in_process.delete(f"/api/users/{user['id']}")
+    assert deleted.status_code == 200
+    assert {o["status"] for o in deleted.json()["providers"]} == {"deleted"}
+    assert await stored(saga_settings, user["id"]) == dict.fromkeys(PROVIDERS)
+
+
+async def test_in_process_idempotency_key_rewrites_the_same_record(
+    in_process: httpx.AsyncClient,
+) -> None:
+    body = new_user()
+    headers = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+    first = await in_process.post("/api/users", json=body, headers=headers)
+    second = await in_process.post("/api/users", json=body, headers=headers)
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json()["id"] == second.json()["id"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"email": "not-an-email"}, "email"),
+        ({"password": "pw-1234"}, "password"),
+        ({"name": "   "}, "name"),
+        ({"profile": "not an object"}, "profile"),
+    ],
+)
+async def test_invalid_input_is_422_with_field_errors_and_writes_nothing(
+    durable: httpx.AsyncClient,
+    client: Client,
+    saga_settings: Settings,
+    change: dict[str, str],
+    field: str,
+) -> None:
+    body = {**new_user(), **change}
+    response = await durable.post("/api/users", json=body)
+    assert response.status_code == 422
+    problems = response.json()["detail"]
+    assert [p["loc"][-1] for p in problems] == [field]
+    assert body["password"] not in response.text
+    query = f"TaskQueue = '{saga_settings.temporal_task_queue}'"
+    assert [w async for w in client.list_workflows(query)] == []
+
+
+async def test_unknown_user_is_404(durable: httpx.AsyncClient) -> None:
+    response = await durable.get(f"/api/users/{uuid.uuid4()}")
+    assert response.status_code == 404
