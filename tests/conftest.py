@@ -32,7 +32,10 @@ from nexpo_workflows.providers import DatabaseProvider, UserRecord, enabled_prov
 from nexpo_workflows.services import Services
 from nexpo_workflows.worker import build_worker
 from tests.faults import FaultyProvider
+from tests.servers.cosmosdb import EMULATOR_KEY, running_cosmosdb
+from tests.servers.mongodb import running_mongodb
 from tests.servers.postgres import fresh_database
+from tests.servers.supabase import running_supabase
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -183,12 +186,43 @@ async def postgres_url() -> AsyncIterator[str]:
         yield url
 
 
+# Every provider that has a real server here, in the registry's (saga's) order.
+ALL_PROVIDERS = ["postgres", "mongodb", "cosmosdb", "supabase", "sqlite"]
+
+
+@pytest.fixture(scope="session")
+async def provider_servers(postgres_url: str) -> AsyncIterator[dict[str, Any]]:
+    """MongoDB (SecantusDB), the Cosmos DB emulator and Supabase (PostgREST on PostgreSQL),
+    started once; yields the settings that enable them and PostgreSQL."""
+    async with (
+        running_mongodb() as mongodb_url,
+        running_cosmosdb() as cosmos_endpoint,
+        running_supabase() as supabase,
+    ):
+        yield {
+            "enable_postgres": True,
+            "postgres_url": postgres_url,
+            "enable_mongodb": True,
+            "mongodb_url": mongodb_url,
+            "mongodb_database": f"nexpo_{uuid.uuid4().hex[:8]}",
+            "enable_cosmosdb": True,
+            "cosmosdb_endpoint": cosmos_endpoint,
+            "cosmosdb_key": EMULATOR_KEY,
+            "cosmosdb_verify_tls": False,
+            "enable_supabase": True,
+            "supabase_url": supabase.url,
+            "supabase_service_role_key": supabase.service_role_key,
+            "supabase_table": supabase.table,
+            "enable_sqlite": True,
+        }
+
+
 @pytest.fixture
-def saga_settings(make_settings: Callable[..., Settings], postgres_url: str) -> Settings:
+def saga_settings(
+    make_settings: Callable[..., Settings], provider_servers: dict[str, Any]
+) -> Settings:
     return make_settings(
-        enable_postgres=True,
-        postgres_url=postgres_url,
-        enable_sqlite=True,
+        **provider_servers,
         onboarding_timeout_seconds=30,
         onboarding_step_timeout_seconds=5,
         onboarding_compensation_attempts=3,

@@ -24,11 +24,11 @@ from nexpo_workflows.users.models import (
     StepMode,
 )
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
-from tests.conftest import saga_worker, stored
+from tests.conftest import ALL_PROVIDERS, saga_worker, stored
 from tests.faults import FaultyProvider
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
-PROVIDERS = ["postgres", "sqlite"]
+PROVIDERS = ALL_PROVIDERS
 
 
 def onboarding(**options: Any) -> OnboardingInput:
@@ -195,7 +195,7 @@ async def test_sequential_mode_does_not_start_steps_after_a_failure(
         )
     assert statuses(result) == {
         "postgres": ProviderStatus.FAILED,
-        "sqlite": ProviderStatus.NOT_STARTED,
+        **dict.fromkeys(PROVIDERS[1:], ProviderStatus.NOT_STARTED),
     }
     sqlite = used["sqlite"]
     assert isinstance(sqlite, FaultyProvider)

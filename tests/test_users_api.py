@@ -15,10 +15,10 @@ from nexpo_workflows.api.deps import GatewayState
 from nexpo_workflows.config import Settings
 from nexpo_workflows.services import Services
 from nexpo_workflows.users.models import SagaResult
-from tests.conftest import saga_worker, stored
+from tests.conftest import ALL_PROVIDERS, saga_worker, stored
 from tests.history_scan import history_payloads
 
-PROVIDERS = ["postgres", "sqlite"]
+PROVIDERS = ALL_PROVIDERS
 
 
 def new_user() -> dict[str, str]:

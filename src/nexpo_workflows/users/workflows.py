@@ -8,7 +8,13 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    RetryState,
+    TimeoutError,
+)
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -76,8 +82,12 @@ class ActivitySteps:
             cause = error.cause
             if isinstance(cause, CancelledError):
                 raise asyncio.CancelledError from error  # stopped by the saga, not failed
-            if isinstance(cause, TimeoutError) and time_left is not None:
-                raise StepFailedError(TIMEOUT_KIND, "not done by the saga's deadline") from error
+            out_of_time = isinstance(cause, TimeoutError) or error.retry_state is RetryState.TIMEOUT
+            if out_of_time and time_left is not None:
+                last = "" if isinstance(cause, TimeoutError) else f"; last error: {cause}"
+                raise StepFailedError(
+                    TIMEOUT_KIND, f"not done by the saga's deadline{last}"
+                ) from error
             if isinstance(cause, ApplicationError):
                 raise StepFailedError(cause.type or "ApplicationError", cause.message) from error
             raise StepFailedError(type(cause).__name__, str(cause or error)) from error
