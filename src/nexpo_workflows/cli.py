@@ -159,7 +159,8 @@ async def _user_service(settings: Settings) -> AsyncIterator[UserService]:
 
 
 def _print_result(result: SagaResult) -> None:
-    table = Table(title=f"user {result.user_id}: {result.status}")
+    out.print(f"user {result.user_id}: {result.status}", soft_wrap=True, highlight=False)
+    table = Table()
     for column in ("database", "status", "error"):
         table.add_column(column)
     for outcome in result.providers:

@@ -1,0 +1,134 @@
+"""`nexpo-workflows users ...` and the saga's metrics, through real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+
+import httpx
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+
+from nexpo_workflows.config import Settings
+from nexpo_workflows.ports import free_port
+from nexpo_workflows.users.models import OnboardingInput
+from nexpo_workflows.users.workflows import UserOnboardingWorkflow
+from tests.conftest import run_cli
+from tests.test_onboarding import HASH
+from tests.test_worker_processes import wait_for_pollers, worker_process
+
+
+def saga_env(cli_env: dict[str, str], saga_settings: Settings, postgres_url: str) -> dict[str, str]:
+    return {
+        **cli_env,
+        "ENABLE_POSTGRES": "true",
+        "POSTGRES_URL": postgres_url,
+        "ENABLE_SQLITE": "true",
+        "SQLITE_PATH": str(saga_settings.sqlite_file),
+    }
+
+
+PASSWORD = "enigma-1912"
+
+
+def create_args(email: str) -> list[str]:
+    return [
+        "users",
+        "create",
+        "--email",
+        email,
+        "--name",
+        "Alan Turing",
+        "--password",
+        "enigma-1912",
+    ]
+
+
+async def test_users_commands_without_temporal(
+    cli: list[str], cli_env: dict[str, str], saga_settings: Settings, postgres_url: str
+) -> None:
+    env = {**saga_env(cli_env, saga_settings, postgres_url), "ENABLE_TEMPORAL": "false"}
+    email = f"alan.{uuid.uuid4().hex[:8]}@example.com"
+    created = await run_cli([*cli, *create_args(email)], env)
+    assert created.returncode == 0, created.stderr
+    user_id = re.search(r"user ([0-9a-f-]{36}): completed", created.stdout)
+    assert user_id is not None, created.stdout
+
+    shown = await run_cli([*cli, "users", "get", user_id.group(1)], env)
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["stored_in"] == {"postgres": True, "sqlite": True}
+
+    duplicate = await run_cli([*cli, *create_args(email)], env)
+    assert duplicate.returncode == 1
+    assert "rolled_back" in duplicate.stderr
+
+    deleted = await run_cli([*cli, "users", "delete", user_id.group(1)], env)
+    assert deleted.returncode == 0
+    assert deleted.stdout.count("deleted") == 2
+    missing = await run_cli([*cli, "users", "get", user_id.group(1)], env)
+    assert missing.returncode == 1
+    assert "no user" in missing.stderr
+
+
+async def test_invalid_cli_input_is_refused_before_anything_runs(
+    cli: list[str], cli_env: dict[str, str]
+) -> None:
+    refused = await run_cli([*cli, *create_args("not-an-email")], cli_env)
+    assert refused.returncode == 2
+    assert "invalid input: email" in refused.stderr
+    assert PASSWORD not in refused.stderr + refused.stdout
+
+
+async def test_saga_through_a_worker_process_records_its_metrics(
+    cli: list[str],
+    cli_env: dict[str, str],
+    client: Client,
+    saga_settings: Settings,
+    postgres_url: str,
+) -> None:
+    env = saga_env(cli_env, saga_settings, postgres_url)
+    metrics = f"127.0.0.1:{free_port()}"
+    email = f"alan.{uuid.uuid4().hex[:8]}@example.com"
+    worker_env = {**env, "METRICS_BIND_ADDRESS": metrics, "TEMPORAL_WORKER_IDENTITY": "saga"}
+    async with worker_process(cli, worker_env):
+        await wait_for_pollers(client, saga_settings.temporal_task_queue, {"saga"})
+        created = await run_cli([*cli, *create_args(email)], env)
+        assert created.returncode == 0, created.stderr
+        assert "completed" in created.stdout
+        duplicate = await run_cli([*cli, *create_args(email)], env)
+        assert duplicate.returncode == 1
+        assert "an onboarding for this email exists" in duplicate.stderr
+        # A saga for another user id with the same email: every step fails, every step is
+        # compensated (the compensation of a step that wrote nothing is a no-op).
+        with pytest.raises(WorkflowFailureError):
+            await client.execute_workflow(
+                UserOnboardingWorkflow.run,
+                OnboardingInput(email=email, name="Impostor", password_hash=HASH),
+                id=f"user-onboarding-{uuid.uuid4()}",
+                task_queue=saga_settings.temporal_task_queue,
+            )
+        async with httpx.AsyncClient() as http:
+            for _ in range(50):
+                text = (await http.get(f"http://{metrics}/metrics")).text
+                if "saga_compensations_total" in text:
+                    break
+                await asyncio.sleep(0.2)
+    assert re.search(
+        r'workflow_completions_total\{[^}]*status="success"[^}]*'
+        r'workflow_type="UserOnboardingWorkflow"[^}]*\} 1',
+        text,
+    ), text
+    for provider in ("postgres", "sqlite"):
+        assert re.search(rf'saga_step_latency_count\{{[^}}]*provider="{provider}"', text), text
+        assert re.search(
+            rf'saga_compensations_total\{{[^}}]*outcome="compensated"[^}}]*provider="{provider}"'
+            r"[^}]*\} 1",
+            text,
+        ), text
+    assert re.search(
+        r'workflow_completions_total\{[^}]*status="failed"[^}]*'
+        r'workflow_type="UserOnboardingWorkflow"[^}]*\} 1',
+        text,
+    ), text
