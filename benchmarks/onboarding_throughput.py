@@ -25,14 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
 from tests.servers.cosmosdb import EMULATOR_KEY, running_cosmosdb
 from tests.servers.mongodb import running_mongodb
 from tests.servers.postgres import fresh_database
 from tests.servers.supabase import running_supabase
 
 from benchmarks.bare import BareInput, BareWorkflow, bench_noop
-from nexpo_workflows import registry
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
 from nexpo_workflows.devserver import start_dev_server
@@ -40,6 +38,7 @@ from nexpo_workflows.ports import free_port
 from nexpo_workflows.services import Services
 from nexpo_workflows.users.models import OnboardingInput, SagaOptions, StepMode
 from nexpo_workflows.users.workflows import UserOnboardingWorkflow
+from nexpo_workflows.worker import build_worker
 
 PROVIDER_SETS = {
     1: ["postgres"],
@@ -138,11 +137,8 @@ async def main(workflows: int, concurrency: int) -> None:
         client = await connect(settings)
         services = Services.from_settings(settings, client)
         stack.push_async_callback(services.close)
-        worker = Worker(
-            client,
-            task_queue=settings.temporal_task_queue,
-            workflows=[*registry.WORKFLOWS, BareWorkflow],
-            activities=[*registry.activities(services), bench_noop],
+        worker = build_worker(
+            client, services, extra_workflows=[BareWorkflow], extra_activities=[bench_noop]
         )
         await stack.enter_async_context(worker)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -20,13 +22,21 @@ from nexpo_workflows.telemetry import CompletionMetricsInterceptor, create_runti
 log = logging.getLogger(__name__)
 
 
-def build_worker(client: Client, services: Services, *, task_queue: str | None = None) -> Worker:
+def build_worker(
+    client: Client,
+    services: Services,
+    *,
+    task_queue: str | None = None,
+    extra_workflows: Sequence[type] = (),
+    extra_activities: Sequence[Callable[..., Any]] = (),
+) -> Worker:
+    """A worker for every registered workflow and activity, plus an application's own."""
     settings = services.settings
     return Worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,
-        workflows=list(registry.WORKFLOWS),
-        activities=registry.activities(services),
+        workflows=[*registry.WORKFLOWS, *extra_workflows],
+        activities=[*registry.activities(services), *extra_activities],
         interceptors=[CompletionMetricsInterceptor()],
         workflow_runner=SandboxedWorkflowRunner(
             # Loaded lazily by pydantic's email validation inside workflows.

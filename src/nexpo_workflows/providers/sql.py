@@ -85,7 +85,9 @@ class SQLProvider(DatabaseProvider):
         if self._engine is not None:
             return
         await self._prepare()
-        engine = create_async_engine(self.url, pool_pre_ping=True, **self._engine_options)
+        # No pre-ping (a round trip per checkout): a dropped connection fails its step,
+        # SQLAlchemy discards it, and the step's retry gets a fresh one.
+        engine = create_async_engine(self.url, **self._engine_options)
         try:
             async with engine.begin() as connection:
                 await connection.run_sync(metadata.create_all, checkfirst=True)

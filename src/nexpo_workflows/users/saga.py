@@ -59,26 +59,23 @@ async def _settle(tasks: Sequence[asyncio.Task[Any]]) -> None:
         await workflow.wait(tasks)
 
 
-async def _run_group(coroutines: list[Coroutine[Any, Any, None]], deadline: float) -> str | None:
-    """Run the steps of one group together; the kind of the first failure, or None."""
-    loop = asyncio.get_running_loop()
+async def _run_group(coroutines: list[Coroutine[Any, Any, None]]) -> str | None:
+    """Run the steps of one group together; the kind of the first failure, or None.
+
+    Each step bounds itself by the saga's deadline, so no timer is needed here.
+    """
     tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
     try:
-        _, pending = await workflow.wait(
-            tasks,
-            timeout=max(deadline - loop.time(), 0),
-            return_when=asyncio.FIRST_EXCEPTION,
-        )
+        done, pending = await workflow.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except asyncio.CancelledError:
         await _settle(tasks)
         raise
     await _settle(pending)
-    for task in tasks:
-        if not task.cancelled() and isinstance(task.exception(), StepFailedError):
-            error = task.exception()
-            assert isinstance(error, StepFailedError)
-            return error.kind
-    return TIMEOUT_KIND if pending else None
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            return error.kind if isinstance(error, StepFailedError) else type(error).__name__
+    return None
 
 
 async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaResult:
@@ -97,8 +94,8 @@ async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaRes
         outcome = outcomes[step.provider]
         try:
             await steps.create(step, user, deadline - loop.time())
-        except StepFailedError as error:
-            outcome.status, outcome.error = ProviderStatus.FAILED, str(error)
+        except Exception as error:
+            outcome.status, outcome.error = ProviderStatus.FAILED, str(error) or repr(error)
             raise
         except asyncio.CancelledError:
             outcome.error = "interrupted before it finished"
@@ -108,7 +105,7 @@ async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaRes
     failure: str | None = None
     try:
         for group in _groups(plan):
-            failure = await _run_group([create(step) for step in group], deadline)
+            failure = await _run_group([create(step) for step in group])
             if failure is not None:
                 break
     except asyncio.CancelledError:
@@ -118,13 +115,6 @@ async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaRes
         return SagaResult(
             user_id=user.id, status=SagaStatus.COMPLETED, providers=list(outcomes.values())
         )
-    if failure == TIMEOUT_KIND:
-        for outcome in outcomes.values():
-            if outcome.status is ProviderStatus.NOT_STARTED and outcome.error:
-                outcome.status = ProviderStatus.FAILED
-                outcome.error = (
-                    f"not done when the saga deadline of {plan.timeout_seconds:g}s passed"
-                )
     complete = await _compensate(compensations, user.id, outcomes, steps)
     return SagaResult(
         user_id=user.id,
