@@ -39,6 +39,9 @@ from tests.servers.supabase import running_supabase
 
 BIN_DIR = Path(sys.executable).parent
 
+# Every plaintext password a test submits; test_zz_secrets_scan looks for them afterwards.
+SUBMITTED_PASSWORDS: set[str] = set()
+
 
 @dataclass
 class TemporalServer:

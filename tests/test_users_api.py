@@ -15,7 +15,7 @@ from nexpo_workflows.api.deps import GatewayState
 from nexpo_workflows.config import Settings
 from nexpo_workflows.services import Services
 from nexpo_workflows.users.models import SagaResult
-from tests.conftest import ALL_PROVIDERS, saga_worker, stored
+from tests.conftest import ALL_PROVIDERS, SUBMITTED_PASSWORDS, saga_worker, stored
 from tests.history_scan import history_payloads
 
 PROVIDERS = ALL_PROVIDERS
@@ -23,11 +23,9 @@ PROVIDERS = ALL_PROVIDERS
 
 def new_user() -> dict[str, str]:
     unique = uuid.uuid4().hex[:12]
-    return {
-        "email": f"grace.{unique}@example.com",
-        "name": "Grace Hopper",
-        "password": f"plain-text-secret-{unique}",
-    }
+    password = f"plain-text-secret-{unique}"
+    SUBMITTED_PASSWORDS.add(password)
+    return {"email": f"grace.{unique}@example.com", "name": "Grace Hopper", "password": password}
 
 
 @pytest.fixture

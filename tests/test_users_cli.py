@@ -15,7 +15,7 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.users.models import OnboardingInput
 from nexpo_workflows.users.workflows import UserOnboardingWorkflow
-from tests.conftest import run_cli
+from tests.conftest import SUBMITTED_PASSWORDS, run_cli
 from tests.test_onboarding import HASH
 from tests.test_worker_processes import wait_for_pollers, worker_process
 
@@ -31,6 +31,7 @@ def saga_env(cli_env: dict[str, str], saga_settings: Settings, postgres_url: str
 
 
 PASSWORD = "enigma-1912"
+SUBMITTED_PASSWORDS.add(PASSWORD)
 
 
 def create_args(email: str) -> list[str]:
