@@ -14,6 +14,7 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.providers import enabled_providers
 from nexpo_workflows.users.models import OnboardingInput, SagaResult, SagaStatus
 from nexpo_workflows.users.workflows import UserOnboardingWorkflow
+from tests.test_users_cli import saga_env
 from tests.test_worker_processes import wait_for_pollers, worker_process
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
@@ -42,11 +43,7 @@ async def test_a_killed_worker_mid_saga_is_finished_by_another_without_duplicate
         await provider.connect()
         await provider.close()
     env = {
-        **cli_env,
-        "ENABLE_POSTGRES": "true",
-        "POSTGRES_URL": postgres_url,
-        "ENABLE_SQLITE": "true",
-        "SQLITE_PATH": str(saga_settings.sqlite_file),
+        **saga_env(cli_env, saga_settings, postgres_url),
         "ONBOARDING_STEP_TIMEOUT_SECONDS": "3",
         "TEMPORAL_WORKER_IDENTITY": "doomed",
     }

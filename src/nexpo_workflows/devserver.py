@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexpo_workflows.ports import ensure_free
+from nexpo_workflows.ports import accepts_connections, ensure_free
 
 _READY_TIMEOUT_SECONDS = 30.0
 _STOP_TIMEOUT_SECONDS = 10.0
@@ -138,14 +138,9 @@ async def _wait_until_listening(server: DevServer) -> None:
     while time.monotonic() < deadline:
         if server.process.returncode is not None:
             break
-        try:
-            _, writer = await asyncio.open_connection(server.host, server.port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
+        if await accepts_connections(server.host, server.port):
+            return
+        await asyncio.sleep(0.05)
     tail = server.log_path.read_text(errors="replace").strip().splitlines()[-5:]
     raise DevServerError(
         f"the Temporal dev server on {server.address} did not start "

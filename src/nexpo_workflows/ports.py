@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 
@@ -31,3 +32,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 def split_host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
+
+
+async def accepts_connections(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port`` now (a server that is still starting)."""
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from nexpo_workflows.ports import free_port
+from nexpo_workflows.ports import accepts_connections, free_port
 
 NODE_MODULES = Path(__file__).resolve().parents[2] / "node_modules"
 COSMOSDB_SERVER = NODE_MODULES / ".bin" / "cosmosdb-server"
@@ -28,16 +28,6 @@ EMULATOR_KEY = SecretStr(
 )
 START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 10.0
-
-
-async def _accepts_connections(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection(HOST, port)
-    except OSError:
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return True
 
 
 @contextlib.asynccontextmanager
@@ -58,7 +48,7 @@ async def running_cosmosdb(*, port: int | None = None) -> AsyncIterator[str]:
         )
         try:
             deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
-            while not await _accepts_connections(port):
+            while not await accepts_connections(HOST, port):
                 if process.returncode is not None or asyncio.get_running_loop().time() > deadline:
                     log.seek(0)
                     output = log.read().decode(errors="replace")

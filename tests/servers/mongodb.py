@@ -9,22 +9,12 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from nexpo_workflows.ports import free_port
+from nexpo_workflows.ports import accepts_connections, free_port
 
 SECANTUSD = Path(sys.executable).parent / "secantusd-py"
 HOST = "127.0.0.1"
 START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 10.0
-
-
-async def _accepts_connections(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection(HOST, port)
-    except OSError:
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return True
 
 
 @contextlib.asynccontextmanager
@@ -48,7 +38,7 @@ async def running_mongodb(
         )
         try:
             deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
-            while not await _accepts_connections(port):
+            while not await accepts_connections(HOST, port):
                 if process.returncode is not None or asyncio.get_running_loop().time() > deadline:
                     log.seek(0)
                     output = log.read().decode(errors="replace")
@@ -73,6 +63,6 @@ async def _stop(process: asyncio.subprocess.Process, port: int) -> None:
             # SecantusDB's accept thread sits in a blocking accept() that closing the
             # socket does not interrupt, so it sees the stop only when one more client
             # arrives; without this knock every stop waits out its 2 s join timeout.
-            await _accepts_connections(port)
+            await accepts_connections(HOST, port)
     process.kill()
     await process.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -45,6 +46,18 @@ class OnboardingInput(BaseModel):
         if not value.startswith("$argon2"):
             raise ValueError("must be an Argon2 hash ($argon2id$...), never a password")
         return value
+
+    def to_record(self, default_id: str, now: datetime) -> UserRecord:
+        """The record every provider stores: the caller's id if given, else ``default_id``."""
+        return UserRecord(
+            id=self.user_id or default_id,
+            email=self.email,
+            name=self.name,
+            password_hash=self.password_hash,
+            # Millisecond precision: what every provider stores, so records compare equal.
+            created_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
+            profile=self.profile,
+        )
 
 
 class OffboardingInput(BaseModel):

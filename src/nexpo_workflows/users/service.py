@@ -21,7 +21,6 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from nexpo_workflows.providers import UserRecord
 from nexpo_workflows.services import Services
 from nexpo_workflows.users.models import (
     OffboardingInput,
@@ -153,15 +152,7 @@ class UserService:
         input = await self._onboarding_input(request, user_id)
         settings = self.services.settings
         plan = plan_saga(settings, list(self.services.providers), SagaOptions())
-        now = datetime.now(UTC)
-        user = UserRecord(
-            id=input.user_id or str(uuid.uuid4()),
-            email=input.email,
-            name=input.name,
-            password_hash=input.password_hash,
-            created_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
-            profile=input.profile,
-        )
+        user = input.to_record(str(uuid.uuid4()), datetime.now(UTC))
         steps = InProcessSteps(UserSteps(self.services.providers), plan)
         result = await onboard(plan, user, steps)
         if result.status is not SagaStatus.COMPLETED:

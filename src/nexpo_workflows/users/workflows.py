@@ -8,7 +8,6 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from nexpo_workflows.providers.base import UserRecord
     from nexpo_workflows.users.activity_steps import ActivitySteps
     from nexpo_workflows.users.models import (
         OffboardingInput,
@@ -51,16 +50,7 @@ class UserOnboardingWorkflow:
     @workflow.run
     async def run(self, input: OnboardingInput) -> SagaResult:
         plan = await _plan(input.options)
-        now = workflow.now()
-        user = UserRecord(
-            id=input.user_id or str(workflow.uuid4()),
-            email=input.email,
-            name=input.name,
-            password_hash=input.password_hash,
-            # Millisecond precision: what every provider stores, so records compare equal.
-            created_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
-            profile=input.profile,
-        )
+        user = input.to_record(str(workflow.uuid4()), workflow.now())
         self._result = await onboard(plan, user, ActivitySteps(plan))
         if self._result.status is not SagaStatus.COMPLETED:
             raise ApplicationError(
