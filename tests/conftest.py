@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from nexpo_workflows.api.auth import hash_api_key, new_api_key
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
 from nexpo_workflows.devserver import start_dev_server
@@ -39,8 +41,34 @@ from tests.servers.supabase import running_supabase
 
 BIN_DIR = Path(sys.executable).parent
 
-# Every plaintext password a test submits; test_zz_secrets_scan looks for them afterwards.
+# The gateway key the tests' settings accept (only its hash is in the settings).
+API_KEY = new_api_key()
+
+# Every plaintext password a test submits, and every key or credential the tests configure:
+# test_zz_secrets_scan looks for them afterwards in histories, logs and metrics.
 SUBMITTED_PASSWORDS: set[str] = set()
+CREDENTIALS_IN_USE: set[str] = {API_KEY}
+LOG_LINES: list[str] = []
+METRICS_SCRAPED: list[str] = []
+
+
+class _LogRecorder(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        LOG_LINES.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_logs() -> Iterator[None]:
+    """Keep every log line of the session (INFO and up, with tracebacks) for the scan."""
+    recorder = _LogRecorder(logging.INFO)
+    recorder.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(recorder)
+    root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)
+    yield
+    root.removeHandler(recorder)
+    root.setLevel(previous)
 
 
 @dataclass
@@ -83,7 +111,7 @@ async def temporal_server(
             await server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def temporal_server_address(temporal_server: TemporalServer) -> str:
     return temporal_server.address
 
@@ -108,11 +136,17 @@ def make_settings(
             "metrics_bind_address": "",
             "health_check_timeout_seconds": 3,
             "temporal_connect_timeout_seconds": 5,
+            "api_key_hashes": [hash_api_key(API_KEY)],
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)
 
     return make
+
+
+@pytest.fixture
+def api_key() -> str:
+    return API_KEY
 
 
 @pytest.fixture
@@ -202,6 +236,7 @@ async def provider_servers(postgres_url: str) -> AsyncIterator[dict[str, Any]]:
         running_cosmosdb() as cosmos_endpoint,
         running_supabase() as supabase,
     ):
+        CREDENTIALS_IN_USE.update({EMULATOR_KEY.get_secret_value(), supabase.service_role_key})
         yield {
             "enable_postgres": True,
             "postgres_url": postgres_url,

@@ -11,8 +11,14 @@ from temporalio.client import Client
 
 def payload_texts(message: Message) -> Iterator[str]:
     """The decoded data of every Payload anywhere inside ``message`` (nested, repeated, maps)."""
+    for payload in payloads(message):
+        yield payload.data.decode("utf-8", errors="replace")
+
+
+def payloads(message: Message) -> Iterator[Payload]:
+    """Every Payload anywhere inside ``message`` (nested, repeated, maps)."""
     if isinstance(message, Payload):
-        yield message.data.decode("utf-8", errors="replace")
+        yield message
         return
     for field, value in message.ListFields():
         if field.message_type is None:
@@ -25,7 +31,7 @@ def payload_texts(message: Message) -> Iterator[str]:
             children = [value]
         for child in children:
             if isinstance(child, Message):
-                yield from payload_texts(child)
+                yield from payloads(child)
 
 
 async def history_payloads(client: Client, workflow_id: str) -> str:

@@ -15,11 +15,16 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.health.models import HealthCheckInput
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
 from nexpo_workflows.services import Services
+from tests.conftest import API_KEY
 
 
 def gateway(services: Services, client: Client | None) -> httpx.AsyncClient:
     app = create_app(GatewayState(services, client, metrics_url=None))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://gateway",
+        headers={"X-API-Key": API_KEY},
+    )
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -69,6 +70,12 @@ async def test_dev_stack_serves_gateway_ui_and_health_then_stops_cleanly(
         assert gateway in banner
         assert f"http://127.0.0.1:{dev_env['TEMPORAL_UI_PORT']}" in banner
         assert (await http.get(f"{gateway}/healthz")).json() == {"status": "ok"}
+        key = re.search(r"API key\s+(\S+)", banner)
+        assert key is not None
+        anonymous = await http.get(f"{gateway}/api/workflows/nothing")
+        assert anonymous.status_code == 401
+        keyed = await http.get(f"{gateway}/api/workflows/nothing", headers={"X-API-Key": key[1]})
+        assert keyed.status_code == 404
         ui = await http.get(f"http://127.0.0.1:{dev_env['TEMPORAL_UI_PORT']}/")
         assert ui.status_code == 200
         health = await run_cli([*cli, "health"], dev_env)

@@ -15,10 +15,11 @@ from nexpo_workflows.api.deps import GatewayState
 from nexpo_workflows.config import Settings
 from nexpo_workflows.services import Services
 from nexpo_workflows.users.models import SagaResult
-from tests.conftest import ALL_PROVIDERS, SUBMITTED_PASSWORDS, saga_worker, stored
+from tests.conftest import ALL_PROVIDERS, API_KEY, SUBMITTED_PASSWORDS, saga_worker, stored
 from tests.history_scan import history_payloads
 
 PROVIDERS = ALL_PROVIDERS
+AUTH = {"X-API-Key": API_KEY}
 
 
 def new_user() -> dict[str, str]:
@@ -35,7 +36,9 @@ async def durable(client: Client, saga_settings: Settings) -> AsyncIterator[http
     app = create_app(GatewayState(services, client, metrics_url=None))
     async with (
         saga_worker(client, saga_settings),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw", headers=AUTH
+        ) as http,
     ):
         yield http
     await services.close()
@@ -48,7 +51,7 @@ async def in_process(saga_settings: Settings) -> AsyncIterator[httpx.AsyncClient
     services = Services.from_settings(settings)
     app = create_app(GatewayState(services, None, metrics_url=None))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://gw"
+        transport=httpx.ASGITransport(app=app), base_url="http://gw", headers=AUTH
     ) as http:
         yield http
     await services.close()

@@ -15,7 +15,7 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.users.models import OnboardingInput
 from nexpo_workflows.users.workflows import UserOnboardingWorkflow
-from tests.conftest import SUBMITTED_PASSWORDS, run_cli
+from tests.conftest import METRICS_SCRAPED, SUBMITTED_PASSWORDS, run_cli
 from tests.test_onboarding import HASH
 from tests.test_worker_processes import wait_for_pollers, worker_process
 
@@ -116,6 +116,7 @@ async def test_saga_through_a_worker_process_records_its_metrics(
                 if "saga_compensations_total" in text:
                     break
                 await asyncio.sleep(0.2)
+    METRICS_SCRAPED.append(text)
     assert re.search(
         r'workflow_completions_total\{[^}]*status="success"[^}]*'
         r'workflow_type="UserOnboardingWorkflow"[^}]*\} 1',

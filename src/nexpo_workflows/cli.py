@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -75,6 +77,8 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
     except _USER_ERRORS as error:
         _fail(str(error), 1)
+    except ConfigError as error:  # found at start-up, e.g. tracing on without its packages
+        _fail(str(error), 2)
     except AlreadyOnboardingError as error:
         _fail(str(error), 1)
     except SagaFailedError as error:
@@ -245,6 +249,16 @@ def users_delete(user_id: str) -> None:
     _print_result(_run(delete()))
 
 
+@app.command("api-key")
+def api_key() -> None:
+    """Make a new gateway API key: give the key to the client, its hash to API_KEY_HASHES."""
+    from nexpo_workflows.api.auth import hash_api_key, new_api_key
+
+    key = new_api_key()
+    out.print(f"API key (shown once): {key}", soft_wrap=True, highlight=False)
+    out.print(f"API_KEY_HASHES entry: {hash_api_key(key)}", soft_wrap=True, highlight=False)
+
+
 @db_app.command("init")
 def db_init() -> None:
     """Create the schema in every enabled database (safe to repeat)."""
@@ -281,5 +295,14 @@ def _health_table(report: HealthReport) -> Table:
 def main() -> None:
     try:
         app()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    # Leave without interpreter finalization: the Temporal runtime's native threads can still
+    # be running then, and tearing Python down under them crashes now and then (SIGSEGV).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

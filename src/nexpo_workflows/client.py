@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, TLSConfig
 
+from nexpo_workflows.codec import EncryptionCodec, parse_key_ring
 from nexpo_workflows.config import Settings
 
 log = logging.getLogger(__name__)
@@ -60,14 +64,30 @@ def connection_options(settings: Settings) -> ConnectionOptions:
     )
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """The pydantic converter; with PAYLOAD_ENCRYPTION_KEYS, it encrypts every payload."""
+    keys = settings.payload_encryption_keys
+    if keys is None:
+        return pydantic_data_converter
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(parse_key_ring(keys.get_secret_value())),
+        # Failure messages and stack traces are not payloads; this moves them into one,
+        # so the codec encrypts them too.
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
 async def connect(
     settings: Settings,
     *,
     runtime: Runtime | None = None,
     identity: str | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Client:
-    """Connect with the pydantic data converter, retrying with backoff for a bounded time."""
+    """Connect with :func:`data_converter`, retrying with backoff for a bounded time."""
     options = connection_options(settings)
+    converter = data_converter(settings)
     deadline = time.monotonic() + settings.temporal_connect_timeout_seconds
     backoff = _FIRST_BACKOFF_SECONDS
     while True:
@@ -78,9 +98,10 @@ async def connect(
                 namespace=options.namespace,
                 api_key=options.api_key,
                 tls=options.tls,
-                data_converter=pydantic_data_converter,
+                data_converter=converter,
                 runtime=runtime,
                 identity=identity,
+                interceptors=interceptors,
                 connect_timeout=timedelta(seconds=max(remaining, 0.5)),
             )
         except (RuntimeError, RPCError) as error:

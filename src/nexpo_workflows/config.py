@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from nexpo_workflows.codec import parse_key_ring
 
 DEFAULT_TEMPORAL_SERVER_URL = "localhost:7233"
 TEMPORAL_CLOUD_PORT = 7233
@@ -117,12 +119,54 @@ class Settings(BaseSettings):
     metrics_bind_address: str = "127.0.0.1:9464"
     api_metrics_bind_address: str = "127.0.0.1:9465"
 
+    # --- Tracing (OpenTelemetry) --------------------------------------------------------
+    # Collector base URL for OTLP/HTTP (`/v1/traces` is appended); unset: tracing is off.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = Field(default="nexpo-workflows", min_length=1)
+
+    # --- Gateway authentication ----------------------------------------------------------
+    # SHA-256 hex digests of the accepted API keys (`nexpo-workflows api-key new` makes one).
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwt_audience: str | None = None
+    auth_jwt_issuer: str | None = None
+
+    # --- Payload encryption and the codec server -----------------------------------------
+    # `id1:base64key1,id2:base64key2`, 32-byte AES keys; the last encrypts, all decrypt.
+    payload_encryption_keys: SecretStr | None = None
+    # Web UI origins allowed to call the codec server from the browser.
+    codec_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"]
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api_key_hashes", "codec_cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _sha256_digests(cls, value: list[str]) -> list[str]:
+        for digest in value:
+            if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                raise ValueError("each entry must be a SHA-256 hex digest of an API key")
+        return value
+
+    @field_validator("payload_encryption_keys")
+    @classmethod
+    def _valid_key_ring(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_key_ring(value.get_secret_value())
+        return value
 
     @field_validator("temporal_server_url")
     @classmethod
@@ -188,6 +232,14 @@ class Settings(BaseSettings):
         return self.sqlite_path or self.data_dir / "nexpo.db"
 
 
+# A rejected value of these is never repeated in the error message.
+_SECRET_FIELDS = {
+    name
+    for name, field in Settings.model_fields.items()
+    if SecretStr in (field.annotation, *get_args(field.annotation))
+}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning validation errors into one readable message per variable."""
     try:
@@ -197,7 +249,14 @@ def load_settings(**overrides: object) -> Settings:
         for problem in error.errors():
             variable = "_".join(str(part) for part in problem["loc"]).upper() or "configuration"
             given = problem.get("input")
-            secret = isinstance(given, dict) or variable.endswith("KEY")
+            secret = (
+                isinstance(given, dict)
+                or variable.endswith("KEY")
+                or variable.lower() in _SECRET_FIELDS
+            )
             shown = "" if secret else f" (got {given!r})"
             lines.append(f"{variable}: {problem['msg']}{shown}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except SettingsError as error:
+        # A value the environment source could not even parse; its message names the field.
+        raise ConfigError(f"invalid configuration: {str(error).splitlines()[0]}") from None

@@ -78,11 +78,13 @@ async def start_dev_server(
     ui_port: int | None = None,
     db_file: Path | None = None,
     namespace: str = "default",
+    codec_endpoint: str | None = None,
 ) -> DevServer:
     """Start ``temporal server start-dev`` and return once its gRPC port accepts connections.
 
     ``db_file`` persists workflows across restarts (WAL keeps the in-memory throughput);
-    ``ui_port`` None runs it headless.
+    ``ui_port`` None runs it headless. ``codec_endpoint`` is the remote codec the Web UI
+    calls to show encrypted payloads.
     """
     ensure_free(host, port, "Temporal gRPC")
     args = [
@@ -105,6 +107,8 @@ async def start_dev_server(
     else:
         ensure_free(host, ui_port, "Temporal Web UI")
         args += ["--ui-port", str(ui_port), "--ui-disable-news-fetch"]
+        if codec_endpoint is not None:
+            args += ["--ui-codec-endpoint", codec_endpoint]
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
         args += [

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
-from temporalio import workflow
+from temporalio import activity, workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import (
@@ -71,8 +72,40 @@ class CompletionMetricsInterceptor(Interceptor):
         return _CompletionCountingInbound
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TemporalContextFormatter(logging.Formatter):
+    """Ends each line from ``workflow.logger`` or ``activity.logger`` with
+    ``workflow_id=... run_id=... activity=...``, read from the ``temporal_workflow`` and
+    ``temporal_activity`` extras the SDK puts on the record."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = super().formatMessage(record)
+        context = _temporal_context(record)
+        return f"{message} {context}" if context else message
+
+
+def _temporal_context(record: logging.LogRecord) -> str:
+    fields: dict[str, object] = {}
+    in_workflow = getattr(record, "temporal_workflow", None)
+    if isinstance(in_workflow, Mapping):
+        fields.update(workflow_id=in_workflow.get("workflow_id"), run_id=in_workflow.get("run_id"))
+    in_activity = getattr(record, "temporal_activity", None)
+    if isinstance(in_activity, Mapping):
+        fields.update(
+            workflow_id=in_activity.get("workflow_id"),
+            run_id=in_activity.get("workflow_run_id"),
+            activity=in_activity.get("activity_type"),
+        )
+    return " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(TemporalContextFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
+    # The formatter shows the ids; the SDK's dict of workflow/activity info appended to each
+    # message would repeat them.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False

@@ -18,8 +18,17 @@ from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
 from nexpo_workflows.services import Services
 from nexpo_workflows.telemetry import CompletionMetricsInterceptor, create_runtime
+from nexpo_workflows.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox workflows run in, on workers and in the replay tests alike."""
+    return SandboxedWorkflowRunner(
+        # Loaded lazily by pydantic's email validation inside workflows.
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("email_validator", "idna")
+    )
 
 
 def build_worker(
@@ -38,12 +47,7 @@ def build_worker(
         workflows=[*registry.WORKFLOWS, *extra_workflows],
         activities=[*registry.activities(services), *extra_activities],
         interceptors=[CompletionMetricsInterceptor()],
-        workflow_runner=SandboxedWorkflowRunner(
-            # Loaded lazily by pydantic's email validation inside workflows.
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(
-                "email_validator", "idna"
-            )
-        ),
+        workflow_runner=workflow_runner(),
         identity=settings.temporal_worker_identity,
         max_concurrent_workflow_tasks=settings.temporal_max_concurrent_workflow_tasks,
         max_concurrent_activities=settings.temporal_max_concurrent_activities,
@@ -77,7 +81,8 @@ async def serve(settings: Settings) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
     runtime = create_runtime(settings.metrics_bind_address)
-    client = await connect(settings, runtime=runtime)
+    tracing = configure_tracing(settings)
+    client = await connect(settings, runtime=runtime, interceptors=tracing.interceptors)
     services = Services.from_settings(settings, client)
     try:
         worker = build_worker(client, services)
@@ -90,3 +95,4 @@ async def serve(settings: Settings) -> None:
         await run_worker_until(worker, stop)
     finally:
         await services.close()
+        tracing.shutdown()

@@ -6,13 +6,15 @@ import contextlib
 from collections.abc import Iterator
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from nexpo_workflows import __version__
+from nexpo_workflows.api.auth import Authenticator, require_auth
 from nexpo_workflows.api.deps import GatewayState
-from nexpo_workflows.api.routes import health, users, workflows
+from nexpo_workflows.api.routes import codec, health, users, workflows
 
 
 def create_app(state: GatewayState) -> FastAPI:
@@ -22,9 +24,22 @@ def create_app(state: GatewayState) -> FastAPI:
         description="Start and inspect durable workflows running on Temporal.",
     )
     app.state.gateway = state
+    app.state.authenticator = Authenticator(state.services.settings)
+    # /healthz, /readyz and /metrics stay open for probes and scrapers; the rest need a key.
     app.include_router(health.router)
-    app.include_router(workflows.router)
-    app.include_router(users.router)
+    authenticated = [Depends(require_auth)]
+    app.include_router(workflows.router, dependencies=authenticated)
+    app.include_router(users.router, dependencies=authenticated)
+    # Authenticated by its own router; the Web UI calls it from the browser, hence CORS
+    # (a preflight carries no credentials and is answered by the middleware).
+    app.include_router(codec.router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=state.services.settings.codec_cors_origins,
+        allow_credentials=True,
+        allow_methods=["POST"],
+        allow_headers=["Content-Type", "X-Namespace", "Authorization"],
+    )
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
 

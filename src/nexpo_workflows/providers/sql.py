@@ -22,7 +22,8 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Delete, Insert, Select
 
 from nexpo_workflows.providers.base import (
@@ -87,7 +88,9 @@ class SQLProvider(DatabaseProvider):
         await self._prepare()
         # No pre-ping (a round trip per checkout): a dropped connection fails its step,
         # SQLAlchemy discards it, and the step's retry gets a fresh one.
-        engine = create_async_engine(self.url, **self._engine_options)
+        # Looked up on its module at call time: OpenTelemetry's wrapper (tracing.py), installed
+        # after this module was imported, then instruments the engine.
+        engine = sqlalchemy_asyncio.create_async_engine(self.url, **self._engine_options)
         try:
             async with engine.begin() as connection:
                 await connection.run_sync(metadata.create_all, checkfirst=True)

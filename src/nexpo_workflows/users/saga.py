@@ -71,11 +71,14 @@ async def _run_group(coroutines: list[Coroutine[Any, Any, None]]) -> str | None:
         await _settle(tasks)
         raise
     await _settle(pending)
-    for task in done:
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            return error.kind if isinstance(error, StepFailedError) else type(error).__name__
-    return None
+    # Read every task's outcome (not only the first failure), so none is left unretrieved.
+    errors = [task.exception() for task in done if not task.cancelled()]
+    kinds = [
+        error.kind if isinstance(error, StepFailedError) else type(error).__name__
+        for error in errors
+        if error is not None
+    ]
+    return kinds[0] if kinds else None
 
 
 async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaResult:

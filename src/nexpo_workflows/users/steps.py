@@ -134,6 +134,8 @@ class UserActivities:
             outcome = "ok"
             return result
         except StepFailedError as error:
+            # The kind and the provider's message only: the step's input holds a password hash.
+            activity.logger.warning("%s on %s failed: %s: %s", step, provider, error.kind, error)
             raise _as_application_error(error) from error
         finally:
             activity.metric_meter().create_histogram_float(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from temporalio import workflow
@@ -42,6 +43,12 @@ async def _plan(options: SagaOptions) -> SagaPlan:
     return plan
 
 
+def _log_outcome(saga: str, result: SagaResult) -> None:
+    # workflow.logger is silent during replay, so each outcome is logged once.
+    level = logging.INFO if result.status is SagaStatus.COMPLETED else logging.WARNING
+    workflow.logger.log(level, "%s %s", saga, result.summary())
+
+
 @workflow.defn(name="UserOnboardingWorkflow")
 class UserOnboardingWorkflow:
     def __init__(self) -> None:
@@ -52,6 +59,7 @@ class UserOnboardingWorkflow:
         plan = await _plan(input.options)
         user = input.to_record(str(workflow.uuid4()), workflow.now())
         self._result = await onboard(plan, user, ActivitySteps(plan))
+        _log_outcome("onboarding", self._result)
         if self._result.status is not SagaStatus.COMPLETED:
             raise ApplicationError(
                 self._result.summary(),
@@ -72,6 +80,7 @@ class UserOffboardingWorkflow:
     async def run(self, input: OffboardingInput) -> SagaResult:
         plan = await _plan(input.options)
         result = await offboard(plan, input.user_id, ActivitySteps(plan))
+        _log_outcome("offboarding", result)
         if result.status is not SagaStatus.COMPLETED:
             raise ApplicationError(
                 result.summary(),

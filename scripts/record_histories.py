@@ -1,0 +1,333 @@
+"""Record the workflow histories that ``tests/test_replay.py`` replays.
+
+Run from the repository root (after `bash scripts/test.sh` has installed everything):
+
+    .venv/bin/python -m scripts.record_histories [WorkflowType | WorkflowType/case ...]
+
+Each case runs once on a fresh, headless embedded Temporal dev server with an in-process
+worker on a fresh PostgreSQL database (127.0.0.1:5432) and a SQLite file in a temporary
+directory; failures are injected by ``tests.faults.FaultyProvider`` around those real
+providers. The history of each case is written to
+``tests/histories/<WorkflowType>/<case>.json``; files of cases not named are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError, CancelledError
+from tests.faults import FaultyProvider
+from tests.servers.postgres import fresh_database
+
+from nexpo_workflows import registry
+from nexpo_workflows.client import connect
+from nexpo_workflows.config import Settings
+from nexpo_workflows.devserver import start_dev_server
+from nexpo_workflows.health.models import HealthCheckInput
+from nexpo_workflows.health.workflow import HealthCheckWorkflow
+from nexpo_workflows.ports import free_port
+from nexpo_workflows.providers import DatabaseProvider, enabled_providers
+from nexpo_workflows.services import Services
+from nexpo_workflows.users.models import (
+    OffboardingInput,
+    OnboardingInput,
+    ProviderStatus,
+    SagaOptions,
+    SagaResult,
+    SagaStatus,
+    StepMode,
+)
+from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
+from nexpo_workflows.worker import build_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+HISTORIES = ROOT / "tests" / "histories"
+# Recorded histories are committed: a fixed identity keeps the host name out of them.
+IDENTITY = "record-histories"
+# Not a hash of any password: histories must hold nothing secret.
+FAKE_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
+
+
+class RecordingError(Exception):
+    """A case did not take the path it exists to record."""
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise RecordingError(message)
+
+
+@dataclass
+class Lab:
+    """One case's surroundings: a client, settings, and workers with chosen faults."""
+
+    client: Client
+    settings: Settings
+    task_queue: str
+
+    @asynccontextmanager
+    async def worker(self, **faults: dict[str, Any]) -> AsyncIterator[dict[str, DatabaseProvider]]:
+        providers = enabled_providers(self.settings)
+        for name, fault in faults.items():
+            providers[name] = FaultyProvider(providers[name], **fault)
+        services = Services(settings=self.settings, client=self.client, providers=providers)
+        try:
+            async with build_worker(self.client, services, task_queue=self.task_queue):
+                yield providers
+        finally:
+            await services.close()
+
+    async def onboard(self, workflow_id: str, input: OnboardingInput) -> SagaResult:
+        return await self.client.execute_workflow(
+            UserOnboardingWorkflow.run, input, id=workflow_id, task_queue=self.task_queue
+        )
+
+    async def rolled_back(self, workflow_id: str, input: OnboardingInput) -> SagaResult:
+        try:
+            await self.onboard(workflow_id, input)
+        except WorkflowFailureError as error:
+            cause = error.cause
+            if not isinstance(cause, ApplicationError):
+                raise RecordingError(f"{workflow_id}: failed with {cause!r}") from error
+            return SagaResult.model_validate(cause.details[0])
+        raise RecordingError(f"{workflow_id}: completed instead of rolling back")
+
+
+def onboarding(user: int, **options: Any) -> OnboardingInput:
+    # Fixed ids and emails: the databases are fresh on every run, and re-recorded histories
+    # differ from the last ones only where the code changed (and in timestamps).
+    return OnboardingInput(
+        email=f"ada.{user}@example.com",
+        name="Ada Lovelace",
+        password_hash=FAKE_HASH,
+        profile={"plan": "pro"},
+        user_id=f"00000000-0000-4000-8000-{user:012d}",
+        options=SagaOptions(**options),
+    )
+
+
+# The function records the workflow whose id is the case's workflow_id(); others it starts
+# only to prepare that one.
+Case = Callable[[Lab, str], Awaitable[None]]
+CASES: dict[tuple[str, str], Case] = {}
+
+
+def case(workflow_type: str, name: str) -> Callable[[Case], Case]:
+    def register(function: Case) -> Case:
+        CASES[workflow_type, name] = function
+        return function
+
+    return register
+
+
+def workflow_id(workflow_type: str, name: str) -> str:
+    return f"{workflow_type}-{name}"
+
+
+@case("HealthCheckWorkflow", "success")
+async def health_success(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        report = await lab.client.execute_workflow(
+            HealthCheckWorkflow.run,
+            HealthCheckInput(timeout_seconds=3),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+    expect(report.healthy, f"{workflow_id}: {report}")
+
+
+@case("HealthCheckWorkflow", "unknown_dependency")
+async def health_unknown_dependency(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        try:
+            await lab.client.execute_workflow(
+                HealthCheckWorkflow.run,
+                HealthCheckInput(dependencies=["postgres", "oracle"]),
+                id=workflow_id,
+                task_queue=lab.task_queue,
+            )
+        except WorkflowFailureError as error:
+            cause = error.cause
+            expect(
+                isinstance(cause, ApplicationError) and cause.type == "UnknownDependency",
+                f"{workflow_id}: failed with {cause!r}",
+            )
+            return
+    raise RecordingError(f"{workflow_id}: an unknown dependency was accepted")
+
+
+@case("UserOnboardingWorkflow", "success_parallel_activity")
+async def onboarding_parallel(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        result = await lab.onboard(
+            workflow_id, onboarding(1, step_mode=StepMode.ACTIVITY, parallel=True)
+        )
+    expect(result.status is SagaStatus.COMPLETED, f"{workflow_id}: {result.summary()}")
+
+
+@case("UserOnboardingWorkflow", "success_sequential_local")
+async def onboarding_sequential_local(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        result = await lab.onboard(
+            workflow_id, onboarding(2, step_mode=StepMode.LOCAL, parallel=False)
+        )
+    expect(result.status is SagaStatus.COMPLETED, f"{workflow_id}: {result.summary()}")
+
+
+async def failed_step(lab: Lab, workflow_id: str, user: int, mode: StepMode) -> None:
+    async with lab.worker(sqlite={"create_fails": "before"}):
+        result = await lab.rolled_back(
+            workflow_id, onboarding(user, step_mode=mode, timeout_seconds=1.5)
+        )
+    expect(
+        result.status is SagaStatus.ROLLED_BACK and result.failure_kind == "SagaTimeout",
+        f"{workflow_id}: {result.summary()}",
+    )
+
+
+@case("UserOnboardingWorkflow", "rolled_back_failed_step")
+async def onboarding_failed_step(lab: Lab, workflow_id: str) -> None:
+    await failed_step(lab, workflow_id, 3, StepMode.ACTIVITY)
+
+
+@case("UserOnboardingWorkflow", "rolled_back_failed_step_local")
+async def onboarding_failed_step_local(lab: Lab, workflow_id: str) -> None:
+    # Local activities retry on workflow timers: a different history from activity mode.
+    await failed_step(lab, workflow_id, 4, StepMode.LOCAL)
+
+
+@case("UserOnboardingWorkflow", "rolled_back_duplicate_email")
+async def onboarding_duplicate_email(lab: Lab, workflow_id: str) -> None:
+    first = onboarding(5)
+    async with lab.worker():
+        await lab.onboard(f"{workflow_id}-first", first)
+        second = first.model_copy(update={"user_id": "00000000-0000-4000-8000-000000000055"})
+        result = await lab.rolled_back(workflow_id, second)
+    expect(result.failure_kind == "DuplicateEmail", f"{workflow_id}: {result.summary()}")
+
+
+@case("UserOnboardingWorkflow", "cancelled_mid_saga")
+async def onboarding_cancelled(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker(sqlite={"create_delay": 2.0}) as providers:
+        handle = await lab.client.start_workflow(
+            UserOnboardingWorkflow.run,
+            onboarding(6, parallel=False),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+        sqlite = providers["sqlite"]
+        assert isinstance(sqlite, FaultyProvider)
+        # Cancelled while the first step is done and the second under way.
+        await sqlite.create_started.wait()
+        await handle.cancel()
+        try:
+            await handle.result()
+        except WorkflowFailureError as error:
+            expect(isinstance(error.cause, CancelledError), f"{workflow_id}: failed with {error!r}")
+            return
+    raise RecordingError(f"{workflow_id}: completed despite the cancellation")
+
+
+@case("UserOnboardingWorkflow", "rollback_incomplete")
+async def onboarding_rollback_incomplete(lab: Lab, workflow_id: str) -> None:
+    faults: dict[str, dict[str, Any]] = {
+        "sqlite": {"create_fails": "before"},
+        "postgres": {"failing_deletes": 100},
+    }
+    async with lab.worker(**faults):
+        result = await lab.rolled_back(workflow_id, onboarding(7, timeout_seconds=1))
+    expect(result.status is SagaStatus.ROLLBACK_INCOMPLETE, f"{workflow_id}: {result.summary()}")
+
+
+@case("UserOffboardingWorkflow", "success")
+async def offboarding_success(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        created = await lab.onboard(f"{workflow_id}-onboarding", onboarding(8))
+        result = await lab.client.execute_workflow(
+            UserOffboardingWorkflow.run,
+            OffboardingInput(user_id=created.user_id),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+    deleted = all(o.status is ProviderStatus.DELETED for o in result.providers)
+    expect(deleted, f"{workflow_id}: {result.summary()}")
+
+
+async def record(selected: list[tuple[str, str]]) -> None:
+    async with AsyncExitStack() as stack:
+        data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nexpo-record-")))
+        server = await start_dev_server(
+            host="127.0.0.1", port=free_port(), log_path=data / "temporal.log"
+        )
+        stack.push_async_callback(server.stop)
+        postgres_url = await stack.enter_async_context(fresh_database())
+        settings = Settings(
+            _env_file=None,
+            enable_temporal=True,
+            temporal_server_url=server.address,
+            temporal_worker_identity=IDENTITY,
+            data_dir=data,
+            metrics_bind_address="",
+            enable_postgres=True,
+            postgres_url=postgres_url,
+            enable_sqlite=True,
+            onboarding_timeout_seconds=30,
+            onboarding_step_timeout_seconds=5,
+            onboarding_compensation_attempts=3,
+        )
+        client = await connect(settings, identity=IDENTITY)
+        for workflow_type, name in selected:
+            recorded_id = workflow_id(workflow_type, name)
+            lab = Lab(client, settings, task_queue=f"record-{recorded_id}")
+            await CASES[workflow_type, name](lab, recorded_id)
+            history = await client.get_workflow_handle(recorded_id).fetch_history()
+            started = history.events[0].workflow_execution_started_event_attributes
+            expect(
+                started.workflow_type.name == workflow_type,
+                f"{recorded_id} is a {started.workflow_type.name}",
+            )
+            path = HISTORIES / workflow_type / f"{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Failure stack traces name source files: relative paths keep the recorder's
+            # directory (and user name) out of the committed file.
+            path.write_text(history.to_json().replace(f"{ROOT}/", "") + "\n")
+            print(f"{path.relative_to(ROOT)}: {len(history.events)} events")
+
+
+def select(names: list[str]) -> list[tuple[str, str]]:
+    """The cases named (a workflow type, or ``type/case``); every case when none is."""
+    if not names:
+        return list(CASES)
+    chosen = [key for key in CASES if {key[0], "/".join(key)} & set(names)]
+    unknown = set(names) - {part for key in chosen for part in (key[0], "/".join(key))}
+    if unknown:
+        known = ", ".join("/".join(key) for key in CASES)
+        raise SystemExit(f"no such case: {', '.join(sorted(unknown))}; known: {known}")
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cases", nargs="*", help="WorkflowType or WorkflowType/case")
+    arguments = parser.parse_args()
+    # The injected failures and the failed workflows are the point: a warning for each would
+    # bury the list of recorded files.
+    for logger in ("temporalio.activity", "temporalio.workflow"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    missing = registry.WORKFLOW_NAMES - {workflow_type for workflow_type, _ in CASES}
+    if missing:
+        raise SystemExit(f"no case records {', '.join(sorted(missing))}: add one here")
+    asyncio.run(record(select(arguments.cases)))
+
+
+if __name__ == "__main__":
+    main()
