@@ -17,16 +17,15 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from nexpo_workflows.ports import accepts_connections, free_port
+from nexpo_workflows.ports import free_port
+from tests.servers import HOST, wait_until_listening
 
 NODE_MODULES = Path(__file__).resolve().parents[2] / "node_modules"
 COSMOSDB_SERVER = NODE_MODULES / ".bin" / "cosmosdb-server"
-HOST = "127.0.0.1"
 # The published key of Microsoft's emulator: what a client configured for an emulator sends.
 EMULATOR_KEY = SecretStr(
     "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
 )
-START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 
@@ -47,13 +46,7 @@ async def running_cosmosdb(*, port: int | None = None) -> AsyncIterator[str]:
             start_new_session=True,
         )
         try:
-            deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
-            while not await accepts_connections(HOST, port):
-                if process.returncode is not None or asyncio.get_running_loop().time() > deadline:
-                    log.seek(0)
-                    output = log.read().decode(errors="replace")
-                    raise RuntimeError(f"the Cosmos DB emulator did not start on {port}:\n{output}")
-                await asyncio.sleep(0.05)
+            await wait_until_listening(process, port, log, "the Cosmos DB emulator")
             yield f"https://{HOST}:{port}"
         finally:
             await _stop(process)

@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from nexpo_workflows.ports import accepts_connections, free_port
+from tests.servers import HOST, wait_until_listening
 
 SECANTUSD = Path(sys.executable).parent / "secantusd-py"
-HOST = "127.0.0.1"
-START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 
@@ -37,13 +36,7 @@ async def running_mongodb(
             stderr=log,
         )
         try:
-            deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
-            while not await accepts_connections(HOST, port):
-                if process.returncode is not None or asyncio.get_running_loop().time() > deadline:
-                    log.seek(0)
-                    output = log.read().decode(errors="replace")
-                    raise RuntimeError(f"SecantusDB did not start on port {port}:\n{output}")
-                await asyncio.sleep(0.05)
+            await wait_until_listening(process, port, log, "SecantusDB")
             # The replica-set hello names this one host; a direct connection skips discovery.
             yield f"mongodb://{HOST}:{port}/?directConnection=true"
         finally:
