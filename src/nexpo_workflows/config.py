@@ -97,6 +97,29 @@ class Settings(BaseSettings):
     enable_sqlserver: bool = False
     sqlserver_url: SecretStr = SecretStr("")
 
+    # --- Object stores -------------------------------------------------------------------
+    # None: on when no cloud store is enabled (the embedded default).
+    enable_local_store: bool | None = None
+    local_store_path: Path | None = None
+
+    enable_s3: bool = False
+    s3_bucket: str = Field(default="nexpo-objects", min_length=3)
+    s3_region: str = "us-east-1"
+    # For an S3-compatible store (MinIO, moto, ...); empty = AWS.
+    s3_endpoint_url: str | None = None
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+
+    enable_azure_blob: bool = False
+    azure_storage_connection_string: SecretStr | None = None
+    azure_blob_container: str = Field(default="nexpo-objects", min_length=3)
+
+    enable_gcs: bool = False
+    gcs_bucket: str = Field(default="nexpo-objects", min_length=3)
+    gcs_project: str | None = None
+    # For an emulator (fake-gcs-server); empty = Google Cloud Storage.
+    gcs_endpoint_url: str | None = None
+
     # --- User onboarding saga -----------------------------------------------------------
     # "activity": each database step is a regular activity; "local": a local activity
     # (fewer server round trips, same all-or-nothing guarantees).
