@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -54,12 +55,20 @@ async def dev_stack(cli: list[str], env: dict[str, str]) -> AsyncIterator[str]:
                 assert line, "dev stack exited early:\n" + "".join(banner)
                 banner.append(line)
         yield "".join(banner)
-        process.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
-    finally:
+    except BaseException:
+        # The test failed: stop the stack as a user would, and leave nothing behind.
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        for orphan in processes_mentioning(env["DATA_DIR"]):
+            os.kill(orphan, signal.SIGKILL)
+        raise
+    process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
 async def test_dev_stack_serves_gateway_ui_and_health_then_stops_cleanly(
