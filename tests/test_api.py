@@ -44,7 +44,7 @@ async def test_readyz_runs_the_health_check_through_a_worker(http: httpx.AsyncCl
     response = await http.get("/readyz")
     assert response.status_code == 200, response.text
     names = {d["name"]: d["status"] for d in response.json()["dependencies"]}
-    assert names == {"temporal": "up", "sqlite": "up"}
+    assert names == {"temporal": "up", "sqlite": "up", "local": "up"}
 
 
 async def test_readyz_is_503_with_a_reason_when_no_worker_answers(
@@ -66,7 +66,7 @@ async def test_readyz_checks_directly_when_temporal_is_disabled(
         workflow = await http.get("/api/workflows/anything")
     await services.close()
     assert ready.status_code == 200
-    assert [d["name"] for d in ready.json()["dependencies"]] == ["sqlite"]
+    assert [d["name"] for d in ready.json()["dependencies"]] == ["sqlite", "local"]
     assert workflow.status_code == 503
     assert "ENABLE_TEMPORAL is false" in workflow.json()["detail"]
 
@@ -87,7 +87,7 @@ async def test_workflow_status_shows_the_result(
     body = response.json()
     assert body["workflow_type"] == "HealthCheckWorkflow"
     assert body["status"] == "completed"
-    assert {d["name"] for d in body["result"]["dependencies"]} == {"temporal", "sqlite"}
+    assert {d["name"] for d in body["result"]["dependencies"]} == {"temporal", "sqlite", "local"}
     assert body["failure"] is None
 
 

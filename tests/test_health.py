@@ -32,7 +32,8 @@ async def test_every_enabled_dependency_is_probed(client: Client, settings: Sett
         id=f"health-{uuid.uuid4()}",
         task_queue=settings.temporal_task_queue,
     )
-    assert statuses(report) == {"temporal": DependencyState.UP, "sqlite": DependencyState.UP}
+    # The embedded defaults: the SQLite database and the local object store.
+    assert statuses(report) == dict.fromkeys(["temporal", "sqlite", "local"], DependencyState.UP)
     assert all(d.latency_ms > 0 and d.error is None for d in report.dependencies)
     assert settings.sqlite_file.is_file()
 
@@ -83,7 +84,7 @@ async def test_direct_mode_runs_the_same_probes_without_temporal(
     services = Services.from_settings(make_settings(enable_temporal=False))
     report = await services.checker.check_all(timeout_seconds=2)
     await services.close()
-    assert statuses(report) == {"sqlite": DependencyState.UP}
+    assert statuses(report) == {"sqlite": DependencyState.UP, "local": DependencyState.UP}
 
 
 @pytest.mark.usefixtures("worker")
@@ -93,6 +94,7 @@ async def test_health_command_prints_a_table(cli: list[str], cli_env: dict[str, 
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "│" in line}
     assert " up " in rows["temporal"]
     assert " up " in rows["sqlite"]
+    assert " up " in rows["local"]
 
 
 def test_health_command_exits_non_zero_when_something_is_down(
@@ -106,7 +108,7 @@ def test_health_command_exits_non_zero_when_something_is_down(
     )
     assert result.returncode == 1
     report = HealthReport.model_validate(json.loads(result.stdout))
-    assert statuses(report) == {"sqlite": DependencyState.DOWN}
+    assert statuses(report) == {"sqlite": DependencyState.DOWN, "local": DependencyState.UP}
 
 
 def test_health_command_says_when_no_worker_answers(

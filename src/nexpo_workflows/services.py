@@ -9,6 +9,7 @@ from temporalio.client import Client
 from nexpo_workflows.config import Settings
 from nexpo_workflows.health.checks import DependencyChecker
 from nexpo_workflows.providers import DatabaseProvider, enabled_providers
+from nexpo_workflows.storage import ObjectStore, enabled_stores
 
 
 @dataclass
@@ -16,17 +17,25 @@ class Services:
     settings: Settings
     client: Client | None = None
     providers: dict[str, DatabaseProvider] = field(default_factory=dict)
+    stores: dict[str, ObjectStore] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Client | None = None) -> Services:
-        # Providers connect lazily: one that is down at start shows in the health check
-        # instead of keeping the worker from starting.
-        return cls(settings=settings, client=client, providers=enabled_providers(settings))
+        # Providers and stores connect lazily: one that is down at start shows in the health
+        # check instead of keeping the worker from starting.
+        return cls(
+            settings=settings,
+            client=client,
+            providers=enabled_providers(settings),
+            stores=enabled_stores(settings),
+        )
 
     @property
     def checker(self) -> DependencyChecker:
-        return DependencyChecker(self.providers, self.client)
+        return DependencyChecker({**self.providers, **self.stores}, self.client)
 
     async def close(self) -> None:
         for provider in self.providers.values():
             await provider.close()
+        for store in self.stores.values():
+            await store.close()

@@ -6,12 +6,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 
 from nexpo_workflows.health.models import DependencyState, DependencyStatus, HealthReport
-from nexpo_workflows.providers import DatabaseProvider
 
 TEMPORAL = "temporal"
 
@@ -20,9 +20,15 @@ class UnknownDependencyError(LookupError):
     pass
 
 
-def _provider_probe(provider: DatabaseProvider) -> Callable[[], Awaitable[object]]:
+class Pingable(Protocol):
+    """A database provider or an object store: anything with one cheap round trip."""
+
+    async def ping(self) -> None: ...
+
+
+def _backend_probe(backend: Pingable) -> Callable[[], Awaitable[object]]:
     async def probe() -> None:
-        await provider.ping()
+        await backend.ping()
 
     return probe
 
@@ -32,7 +38,7 @@ class DependencyChecker:
 
     def __init__(
         self,
-        providers: Mapping[str, DatabaseProvider],
+        backends: Mapping[str, Pingable],
         temporal_client: Client | None = None,
     ) -> None:
         self._probes: dict[str, Callable[[], Awaitable[object]]] = {}
@@ -43,8 +49,8 @@ class DependencyChecker:
                 await service.get_system_info(GetSystemInfoRequest())
 
             self._probes[TEMPORAL] = temporal_probe
-        for name, provider in providers.items():
-            self._probes[name] = _provider_probe(provider)
+        for name, backend in backends.items():
+            self._probes[name] = _backend_probe(backend)
 
     @property
     def names(self) -> list[str]:
