@@ -9,11 +9,18 @@ from temporalio import workflow
 
 from nexpo_workflows.health.activities import HealthActivities
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
+from nexpo_workflows.replication.activities import ReplicationActivities
+from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.services import Services
 from nexpo_workflows.users.steps import UserActivities, UserSteps
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
 
-WORKFLOWS: Sequence[type] = (HealthCheckWorkflow, UserOnboardingWorkflow, UserOffboardingWorkflow)
+WORKFLOWS: Sequence[type] = (
+    HealthCheckWorkflow,
+    UserOnboardingWorkflow,
+    UserOffboardingWorkflow,
+    ReplicateObjectWorkflow,
+)
 WORKFLOW_NAMES: frozenset[str] = frozenset(
     defn.name for defn in map(workflow._Definition.must_from_class, WORKFLOWS) if defn.name
 )
@@ -22,4 +29,10 @@ WORKFLOW_NAMES: frozenset[str] = frozenset(
 def activities(services: Services) -> list[Callable[..., Any]]:
     health = HealthActivities(services.checker)
     users = UserActivities(services.settings, UserSteps(services.providers))
-    return [health.list_health_dependencies, health.check_dependency, *users.all()]
+    replication = ReplicationActivities(services)
+    return [
+        health.list_health_dependencies,
+        health.check_dependency,
+        *users.all(),
+        *replication.all(),
+    ]

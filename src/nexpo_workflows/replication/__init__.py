@@ -1,0 +1,1 @@
+"""Copying one object from one cloud to the others, verified."""
