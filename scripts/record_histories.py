@@ -27,6 +27,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from tests.faults import FaultyProvider
 from tests.servers.postgres import fresh_database
+from tests.servers.s3 import running_s3
 
 from nexpo_workflows import registry
 from nexpo_workflows.client import connect
@@ -36,7 +37,10 @@ from nexpo_workflows.health.models import HealthCheckInput
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import DatabaseProvider, enabled_providers
+from nexpo_workflows.replication.models import ReplicateInput
+from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.services import Services
+from nexpo_workflows.storage import enabled_stores
 from nexpo_workflows.users.models import (
     OffboardingInput,
     OnboardingInput,
@@ -79,7 +83,12 @@ class Lab:
         providers = enabled_providers(self.settings)
         for name, fault in faults.items():
             providers[name] = FaultyProvider(providers[name], **fault)
-        services = Services(settings=self.settings, client=self.client, providers=providers)
+        services = Services(
+            settings=self.settings,
+            client=self.client,
+            providers=providers,
+            stores=enabled_stores(self.settings),
+        )
         try:
             async with build_worker(self.client, services, task_queue=self.task_queue):
                 yield providers
@@ -262,6 +271,39 @@ async def offboarding_success(lab: Lab, workflow_id: str) -> None:
     expect(deleted, f"{workflow_id}: {result.summary()}")
 
 
+@case("ReplicateObjectWorkflow", "success")
+async def replicate_success(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        local = enabled_stores(lab.settings)["local"]
+        await local.put("reports/recorded.txt", _one_chunk(b"recorded for replay"))
+        result = await lab.client.execute_workflow(
+            ReplicateObjectWorkflow.run,
+            ReplicateInput(key="reports/recorded.txt", source="local"),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+    expect(result.complete, f"{workflow_id}: {result}")
+
+
+@case("ReplicateObjectWorkflow", "missing_source")
+async def replicate_missing_source(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        try:
+            await lab.client.execute_workflow(
+                ReplicateObjectWorkflow.run,
+                ReplicateInput(key="reports/absent.txt", source="local"),
+                id=workflow_id,
+                task_queue=lab.task_queue,
+            )
+        except WorkflowFailureError:
+            return
+    raise RecordingError(f"{workflow_id}: replicated an object that does not exist")
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
 async def record(selected: list[tuple[str, str]]) -> None:
     async with AsyncExitStack() as stack:
         data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nexpo-record-")))
@@ -270,6 +312,7 @@ async def record(selected: list[tuple[str, str]]) -> None:
         )
         stack.push_async_callback(server.stop)
         postgres_url = await stack.enter_async_context(fresh_database())
+        s3_endpoint = await stack.enter_async_context(running_s3())
         settings = Settings(
             _env_file=None,
             enable_temporal=True,
@@ -283,6 +326,11 @@ async def record(selected: list[tuple[str, str]]) -> None:
             onboarding_timeout_seconds=30,
             onboarding_step_timeout_seconds=5,
             onboarding_compensation_attempts=3,
+            enable_local_store=True,
+            enable_s3=True,
+            s3_endpoint_url=s3_endpoint,
+            aws_access_key_id="recording",
+            aws_secret_access_key="recording",
         )
         client = await connect(settings, identity=IDENTITY)
         for workflow_type, name in selected:
