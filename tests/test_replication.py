@@ -9,10 +9,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from nexpo_workflows.api.app import create_app
+from nexpo_workflows.api.deps import GatewayState
 from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.replication.models import ReplicaStatus, ReplicateInput, ReplicateResult
@@ -20,6 +23,7 @@ from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.services import Services
 from nexpo_workflows.storage import enabled_stores
 from nexpo_workflows.worker import build_worker
+from tests.conftest import API_KEY, run_cli
 from tests.servers.azurite import running_azurite
 from tests.servers.gcs import running_gcs
 from tests.servers.s3 import running_s3
@@ -143,3 +147,56 @@ async def test_an_unknown_store_is_refused(client: Client, replication_settings:
     assert isinstance(cause, ApplicationError)
     assert cause.type == "UnknownStore"
     assert "dropbox" in cause.message
+
+
+async def test_gateway_and_cli_start_a_replication(
+    client: Client,
+    replication_settings: Settings,
+    cli: list[str],
+    cli_env: dict[str, str],
+    cloud_settings: dict[str, Any],
+) -> None:
+    services = Services.from_settings(replication_settings, client)
+    app = create_app(GatewayState(services, client, metrics_url=None))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        await services.stores["local"].put("shared/a.txt", chunks_of(b"to every cloud"))
+        async with (
+            build_worker(client, services),
+            httpx.AsyncClient(
+                transport=transport, base_url="http://gw", headers={"X-API-Key": API_KEY}
+            ) as http,
+        ):
+            refused = await http.post(
+                "/api/cloud/replicate", json={"key": "shared/a.txt", "source": "dropbox"}
+            )
+            assert refused.status_code == 422
+            assert "dropbox" in refused.text
+            response = await http.post(
+                "/api/cloud/replicate",
+                json={"key": "shared/a.txt", "source": "local", "targets": ["s3"]},
+            )
+            assert response.status_code == 202, response.text
+            done = await client.get_workflow_handle(
+                response.json()["workflowId"], result_type=ReplicateResult
+            ).result()
+            assert [r.status for r in done.replicas] == [ReplicaStatus.COPIED]
+
+            env = {
+                **cli_env,
+                "DATA_DIR": str(replication_settings.data_dir),
+                "ENABLE_LOCAL_STORE": "true",
+                "ENABLE_S3": "true",
+                "S3_ENDPOINT_URL": cloud_settings["s3_endpoint_url"],
+                "S3_BUCKET": replication_settings.s3_bucket,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+            }
+            shown = await run_cli(
+                [*cli, "cloud", "replicate", "shared/a.txt", "--source", "local", "--target", "s3"],
+                env,
+            )
+    finally:
+        await services.close()
+    assert shown.returncode == 0, shown.stderr
+    assert "already_present" in shown.stdout

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeVar
@@ -148,6 +149,8 @@ users_app = typer.Typer(help="Onboard, look up and offboard users.", no_args_is_
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(db_app, name="db")
+cloud_app = typer.Typer(help="Multi-cloud operations.", no_args_is_help=True)
+app.add_typer(cloud_app, name="cloud")
 
 
 @asynccontextmanager
@@ -247,6 +250,45 @@ def users_delete(user_id: str) -> None:
             return await _finish(await users.start_offboarding(user_id))
 
     _print_result(_run(delete()))
+
+
+@cloud_app.command("replicate")
+def cloud_replicate(
+    key: str = typer.Argument(..., help="The object's key."),
+    source: str = typer.Option(..., help="The store that holds it (local, s3, azure, gcs)."),
+    target: list[str] | None = typer.Option(None, help="A target store (repeat); default: all."),
+) -> None:
+    """Copy an object from one store to the others and verify every copy."""
+    from nexpo_workflows.replication.models import ReplicateInput, ReplicateResult
+    from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
+
+    settings = _settings()
+    _require_temporal(settings, "cloud replicate")
+
+    async def replicate() -> ReplicateResult:
+        client = await connect(settings, runtime=create_runtime(""))
+        try:
+            return await client.execute_workflow(
+                ReplicateObjectWorkflow.run,
+                ReplicateInput(key=key, source=source, targets=target or None),
+                id=f"replicate-{uuid.uuid4()}",
+                task_queue=settings.temporal_task_queue,
+            )
+        except WorkflowFailureError as error:
+            cause = error.cause
+            if isinstance(cause, ApplicationError) and cause.details:
+                return ReplicateResult.model_validate(cause.details[0])
+            _fail(str(cause or error), 1)
+
+    result = _run(replicate())
+    table = Table()
+    for column in ("store", "status", "sha256", "error"):
+        table.add_column(column)
+    for replica in result.replicas:
+        table.add_row(replica.store, str(replica.status), replica.sha256 or "", replica.error or "")
+    out.print(f"{result.key} from {result.source}", soft_wrap=True, highlight=False)
+    out.print(table)
+    raise typer.Exit(0 if result.complete else 1)
 
 
 @app.command("api-key")
