@@ -28,6 +28,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from tests.faults import FaultyProvider
 from tests.servers.postgres import fresh_database
 from tests.servers.s3 import running_s3
+from tests.test_provisioning import FailingActivities
 
 from nexpo_workflows import registry
 from nexpo_workflows.client import connect
@@ -37,6 +38,15 @@ from nexpo_workflows.health.models import HealthCheckInput
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import DatabaseProvider, enabled_providers
+from nexpo_workflows.provisioning.models import (
+    DeprovisionInput,
+    ProvisioningStatus,
+    ProvisionInput,
+)
+from nexpo_workflows.provisioning.workflows import (
+    DeprovisionResourcesWorkflow,
+    ProvisionResourcesWorkflow,
+)
 from nexpo_workflows.replication.models import ReplicateInput
 from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.services import Services
@@ -79,7 +89,11 @@ class Lab:
     task_queue: str
 
     @asynccontextmanager
-    async def worker(self, **faults: dict[str, Any]) -> AsyncIterator[dict[str, DatabaseProvider]]:
+    async def worker(
+        self,
+        activities: Callable[[Services], list[Callable[..., Any]]] | None = None,
+        **faults: dict[str, Any],
+    ) -> AsyncIterator[dict[str, DatabaseProvider]]:
         providers = enabled_providers(self.settings)
         for name, fault in faults.items():
             providers[name] = FaultyProvider(providers[name], **fault)
@@ -90,7 +104,10 @@ class Lab:
             stores=enabled_stores(self.settings),
         )
         try:
-            async with build_worker(self.client, services, task_queue=self.task_queue):
+            extra = activities(services) if activities else []
+            async with build_worker(
+                self.client, services, task_queue=self.task_queue, extra_activities=extra
+            ):
                 yield providers
         finally:
             await services.close()
@@ -248,11 +265,7 @@ async def onboarding_cancelled(lab: Lab, workflow_id: str) -> None:
 
 @case("UserOnboardingWorkflow", "rollback_incomplete")
 async def onboarding_rollback_incomplete(lab: Lab, workflow_id: str) -> None:
-    faults: dict[str, dict[str, Any]] = {
-        "sqlite": {"create_fails": "before"},
-        "postgres": {"failing_deletes": 100},
-    }
-    async with lab.worker(**faults):
+    async with lab.worker(sqlite={"create_fails": "before"}, postgres={"failing_deletes": 100}):
         result = await lab.rolled_back(workflow_id, onboarding(7, timeout_seconds=1))
     expect(result.status is SagaStatus.ROLLBACK_INCOMPLETE, f"{workflow_id}: {result.summary()}")
 
@@ -298,6 +311,56 @@ async def replicate_missing_source(lab: Lab, workflow_id: str) -> None:
         except WorkflowFailureError:
             return
     raise RecordingError(f"{workflow_id}: replicated an object that does not exist")
+
+
+@case("ProvisionResourcesWorkflow", "success")
+async def provision_success(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        result = await lab.client.execute_workflow(
+            ProvisionResourcesWorkflow.run,
+            ProvisionInput(tenant_id="acme"),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+    expect(result.status is ProvisioningStatus.COMPLETED, f"{workflow_id}: {result}")
+
+
+@case("ProvisionResourcesWorkflow", "rolled_back")
+async def provision_rolled_back(lab: Lab, workflow_id: str) -> None:
+    def failing(services: Services) -> list[Callable[..., Any]]:
+        return FailingActivities(
+            services, "db_schema:sqlite", None, step_attempts=2, compensation_attempts=3
+        ).all()
+
+    async with lab.worker(activities=failing):
+        try:
+            await lab.client.execute_workflow(
+                ProvisionResourcesWorkflow.run,
+                ProvisionInput(tenant_id="globex"),
+                id=workflow_id,
+                task_queue=lab.task_queue,
+            )
+        except WorkflowFailureError:
+            return
+    raise RecordingError(f"{workflow_id}: provisioned despite the injected failure")
+
+
+@case("DeprovisionResourcesWorkflow", "success")
+async def deprovision_success(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        await lab.client.execute_workflow(
+            ProvisionResourcesWorkflow.run,
+            ProvisionInput(tenant_id="initech"),
+            id=f"{workflow_id}-provision",
+            task_queue=lab.task_queue,
+        )
+        result = await lab.client.execute_workflow(
+            DeprovisionResourcesWorkflow.run,
+            DeprovisionInput(tenant_id="initech"),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+    expect(result.status is ProvisioningStatus.COMPLETED, f"{workflow_id}: {result}")
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:

@@ -9,6 +9,11 @@ from temporalio import workflow
 
 from nexpo_workflows.health.activities import HealthActivities
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
+from nexpo_workflows.provisioning.activities import ProvisioningActivities
+from nexpo_workflows.provisioning.workflows import (
+    DeprovisionResourcesWorkflow,
+    ProvisionResourcesWorkflow,
+)
 from nexpo_workflows.replication.activities import ReplicationActivities
 from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.services import Services
@@ -20,6 +25,8 @@ WORKFLOWS: Sequence[type] = (
     UserOnboardingWorkflow,
     UserOffboardingWorkflow,
     ReplicateObjectWorkflow,
+    ProvisionResourcesWorkflow,
+    DeprovisionResourcesWorkflow,
 )
 WORKFLOW_NAMES: frozenset[str] = frozenset(
     defn.name for defn in map(workflow._Definition.must_from_class, WORKFLOWS) if defn.name
@@ -35,4 +42,5 @@ def activities(services: Services) -> list[Callable[..., Any]]:
         health.check_dependency,
         *users.all(),
         *replication.all(),
+        *ProvisioningActivities(services).all(),
     ]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -39,13 +40,21 @@ def build_worker(
     extra_workflows: Sequence[type] = (),
     extra_activities: Sequence[Callable[..., Any]] = (),
 ) -> Worker:
-    """A worker for every registered workflow and activity, plus an application's own."""
+    """A worker for every registered workflow and activity, plus an application's own.
+
+    An extra activity with the name of a registered one replaces it (a test's fault
+    injection, or an application's own implementation of a step).
+    """
     settings = services.settings
+    by_name = {
+        activity._Definition.must_from_callable(fn).name: fn
+        for fn in (*registry.activities(services), *extra_activities)
+    }
     return Worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=[*registry.WORKFLOWS, *extra_workflows],
-        activities=[*registry.activities(services), *extra_activities],
+        activities=list(by_name.values()),
         interceptors=[CompletionMetricsInterceptor()],
         workflow_runner=workflow_runner(),
         identity=settings.temporal_worker_identity,

@@ -1,0 +1,258 @@
+"""ProvisionResourcesWorkflow and DeprovisionResourcesWorkflow: a tenant's resources in every
+enabled store and SQL database, all or none.
+
+The saga follows ``users/saga.py``: each compensation is registered before its step, so a
+create whose answer was lost is undone too; compensations run in reverse order when a step
+fails and when the workflow is cancelled; one that keeps failing is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows.provisioning.activities import ProvisioningActivities
+    from nexpo_workflows.provisioning.models import (
+        BucketSpaceInput,
+        DbSchemaInput,
+        DeprovisionInput,
+        PlanProvisioningInput,
+        ProvisioningPlan,
+        ProvisioningResult,
+        ProvisioningStatus,
+        ProvisionInput,
+        Resource,
+        ResourceKind,
+        ResourceOutcome,
+        ResourceRecordInput,
+        ResourceStatus,
+        WriteResourceRecordInput,
+    )
+
+In = TypeVar("In")
+R = TypeVar("R")
+
+ROLLED_BACK = "ProvisioningRolledBack"
+DEPROVISIONING_FAILED = "DeprovisioningFailed"
+
+
+class _Steps:
+    """The activity behind each resource kind and action, with the plan's limits."""
+
+    def __init__(self, plan: ProvisioningPlan, tenant_id: str) -> None:
+        self._plan = plan
+        self._tenant_id = tenant_id
+
+    async def _execute(
+        self,
+        activity: Callable[[ProvisioningActivities, In], Awaitable[R]],
+        arg: In,
+        attempts: int,
+    ) -> R:
+        try:
+            return await workflow.execute_activity_method(
+                activity,
+                arg,
+                start_to_close_timeout=timedelta(seconds=self._plan.step_timeout_seconds),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(milliseconds=200),
+                    maximum_interval=timedelta(seconds=5),
+                    maximum_attempts=attempts,
+                ),
+                # A cancelled step is awaited until it has stopped, so nothing it writes lands
+                # after its compensation.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        except ActivityError as error:
+            if isinstance(error.cause, CancelledError):
+                raise asyncio.CancelledError from error  # stopped by the saga, not failed
+            raise
+
+    async def create(self, resource: Resource, resources: list[Resource]) -> bool:
+        """Make ``resource`` (the record lists ``resources``); False if it was there."""
+        tenant_id, attempts = self._tenant_id, self._plan.step_attempts
+        if resource.kind is ResourceKind.BUCKET_SPACE:
+            space = BucketSpaceInput(tenant_id=tenant_id, store=resource.target)
+            result = await self._execute(
+                ProvisioningActivities.create_bucket_space, space, attempts
+            )
+        elif resource.kind is ResourceKind.DB_SCHEMA:
+            schema = DbSchemaInput(tenant_id=tenant_id, provider=resource.target)
+            result = await self._execute(ProvisioningActivities.create_db_schema, schema, attempts)
+        else:
+            record = WriteResourceRecordInput(
+                tenant_id=tenant_id, store=resource.target, resources=resources
+            )
+            result = await self._execute(
+                ProvisioningActivities.write_resource_record, record, attempts
+            )
+        return result.changed
+
+    async def delete(self, resource: Resource) -> bool:
+        """Remove ``resource``; False if it was absent."""
+        tenant_id, attempts = self._tenant_id, self._plan.compensation_attempts
+        if resource.kind is ResourceKind.BUCKET_SPACE:
+            space = BucketSpaceInput(tenant_id=tenant_id, store=resource.target)
+            result = await self._execute(
+                ProvisioningActivities.delete_bucket_space, space, attempts
+            )
+        elif resource.kind is ResourceKind.DB_SCHEMA:
+            schema = DbSchemaInput(tenant_id=tenant_id, provider=resource.target)
+            result = await self._execute(ProvisioningActivities.drop_db_schema, schema, attempts)
+        else:
+            record = ResourceRecordInput(tenant_id=tenant_id, store=resource.target)
+            result = await self._execute(
+                ProvisioningActivities.delete_resource_record, record, attempts
+            )
+        return result.changed
+
+    async def recorded(self) -> list[Resource] | None:
+        """What the tenant's record lists, or None when there is no record."""
+        if self._plan.record_store is None:
+            return None
+        found = await self._execute(
+            ProvisioningActivities.read_resource_record,
+            ResourceRecordInput(tenant_id=self._tenant_id, store=self._plan.record_store),
+            self._plan.step_attempts,
+        )
+        return None if found.record is None else list(found.record.provisioned_resources)
+
+
+def _reason(error: ActivityError) -> str:
+    return str(error.cause or error)
+
+
+async def _plan(tenant_id: str) -> ProvisioningPlan:
+    return await workflow.execute_local_activity_method(
+        ProvisioningActivities.plan_provisioning,
+        PlanProvisioningInput(tenant_id=tenant_id),
+        start_to_close_timeout=timedelta(seconds=10),
+    )
+
+
+def _finish(result: ProvisioningResult, kind: str) -> ProvisioningResult:
+    # workflow.logger is silent during replay, so each outcome is logged once.
+    completed = result.status is ProvisioningStatus.COMPLETED
+    workflow.logger.log(logging.INFO if completed else logging.WARNING, "%s", result.summary())
+    if not completed:
+        raise ApplicationError(
+            result.summary(), result.model_dump(mode="json"), type=kind, non_retryable=True
+        )
+    return result
+
+
+@workflow.defn(name="ProvisionResourcesWorkflow")
+class ProvisionResourcesWorkflow:
+    def __init__(self) -> None:
+        self._outcomes: dict[str, ResourceOutcome] = {}
+
+    @workflow.run
+    async def run(self, input: ProvisionInput) -> ProvisioningResult:
+        plan = await _plan(input.tenant_id)
+        steps = _Steps(plan, input.tenant_id)
+        resources = plan.resources()
+        self._outcomes = {
+            r.label(): ResourceOutcome(resource=r, status=ResourceStatus.NOT_STARTED)
+            for r in resources
+        }
+        compensations: list[Resource] = []
+        try:
+            for resource in resources:
+                # Registered before the step runs: a create whose answer was lost is undone too.
+                compensations.append(resource)
+                if not await self._create(steps, resource, resources):
+                    break
+            else:
+                return _finish(self._result(input, ProvisioningStatus.COMPLETED), ROLLED_BACK)
+        except asyncio.CancelledError:
+            await self._compensate(steps, compensations)
+            raise
+        complete = await self._compensate(steps, compensations)
+        status = (
+            ProvisioningStatus.ROLLED_BACK if complete else ProvisioningStatus.ROLLBACK_INCOMPLETE
+        )
+        return _finish(self._result(input, status), ROLLED_BACK)
+
+    async def _create(self, steps: _Steps, resource: Resource, resources: list[Resource]) -> bool:
+        outcome = self._outcomes[resource.label()]
+        try:
+            created = await steps.create(resource, resources)
+        except ActivityError as error:
+            outcome.status, outcome.error = ResourceStatus.FAILED, _reason(error)
+            return False
+        except asyncio.CancelledError:
+            outcome.error = "interrupted before it finished"
+            raise
+        outcome.status = ResourceStatus.CREATED if created else ResourceStatus.EXISTED
+        return True
+
+    async def _compensate(self, steps: _Steps, compensations: list[Resource]) -> bool:
+        """Undo in reverse order; every compensation runs even if an earlier one gave up."""
+        complete = True
+        for resource in reversed(compensations):
+            outcome = self._outcomes[resource.label()]
+            if outcome.status is ResourceStatus.EXISTED:
+                continue  # there before this run: not this run's to remove
+            try:
+                await steps.delete(resource)
+            except ActivityError as error:
+                complete = False
+                outcome.status = ResourceStatus.COMPENSATION_FAILED
+                outcome.compensation_error = _reason(error)
+                continue
+            if outcome.status is not ResourceStatus.FAILED:
+                outcome.status = ResourceStatus.COMPENSATED
+        return complete
+
+    def _result(self, input: ProvisionInput, status: ProvisioningStatus) -> ProvisioningResult:
+        return ProvisioningResult(
+            tenant_id=input.tenant_id, status=status, resources=list(self._outcomes.values())
+        )
+
+    @workflow.query(name="outcome")
+    def outcome(self) -> list[ResourceOutcome]:
+        return list(self._outcomes.values())
+
+
+@workflow.defn(name="DeprovisionResourcesWorkflow")
+class DeprovisionResourcesWorkflow:
+    @workflow.run
+    async def run(self, input: DeprovisionInput) -> ProvisioningResult:
+        plan = await _plan(input.tenant_id)
+        steps = _Steps(plan, input.tenant_id)
+        # Without a record (never provisioned, or a run that died early), every resource
+        # this worker could have made is removed: each delete finds nothing or cleans up.
+        recorded = await steps.recorded()
+        listed = plan.resources() if recorded is None else recorded
+        record = [r for r in plan.resources() if r.kind is ResourceKind.RESOURCE_RECORD]
+        owned = [r for r in listed if r.kind is not ResourceKind.RESOURCE_RECORD]
+        outcomes = [await self._delete(steps, resource) for resource in reversed(owned)]
+        remaining = [o.resource for o in outcomes if o.status is ResourceStatus.FAILED]
+        for resource in record:
+            if remaining:
+                # The record then lists what is left, for the next run to find.
+                await steps.create(resource, [*remaining, resource])
+            else:
+                outcomes.append(await self._delete(steps, resource))
+        status = ProvisioningStatus.FAILED if remaining else ProvisioningStatus.COMPLETED
+        result = ProvisioningResult(tenant_id=input.tenant_id, status=status, resources=outcomes)
+        return _finish(result, DEPROVISIONING_FAILED)
+
+    async def _delete(self, steps: _Steps, resource: Resource) -> ResourceOutcome:
+        try:
+            existed = await steps.delete(resource)
+        except ActivityError as error:
+            return ResourceOutcome(
+                resource=resource, status=ResourceStatus.FAILED, error=_reason(error)
+            )
+        status = ResourceStatus.DELETED if existed else ResourceStatus.ABSENT
+        return ResourceOutcome(resource=resource, status=status)
