@@ -12,11 +12,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from nexpo_workflows.api.app import create_app
+from nexpo_workflows.api.deps import GatewayState
 from nexpo_workflows.config import Settings
 from nexpo_workflows.provisioning.activities import ProvisioningActivities, record_key
 from nexpo_workflows.provisioning.models import (
@@ -24,6 +27,7 @@ from nexpo_workflows.provisioning.models import (
     DbSchemaInput,
     DeprovisionInput,
     ProvisioningResult,
+    ProvisioningStatus,
     ProvisionInput,
     ResourceRecord,
     StepResult,
@@ -37,6 +41,7 @@ from nexpo_workflows.provisioning.workflows import (
 from nexpo_workflows.services import Services
 from nexpo_workflows.storage import enabled_stores
 from nexpo_workflows.worker import build_worker
+from tests.conftest import API_KEY
 from tests.servers.azurite import running_azurite
 from tests.servers.gcs import running_gcs
 
@@ -302,3 +307,41 @@ async def test_a_compensation_that_keeps_failing_is_reported_and_deprovision_cle
 async def test_a_malformed_tenant_id_is_refused(tenant_id: str) -> None:
     with pytest.raises(ValueError, match="tenant_id"):
         ProvisionInput(tenant_id=tenant_id)
+
+
+async def test_gateway_routes_start_the_tenant_workflows(
+    client: Client, settings: Settings, tenant: str
+) -> None:
+    services = Services.from_settings(settings, client)
+    app = create_app(GatewayState(services, client, metrics_url=None))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with (
+            provisioning_worker(client, settings),
+            httpx.AsyncClient(
+                transport=transport, base_url="http://gw", headers={"X-API-Key": API_KEY}
+            ) as http,
+        ):
+            assert (await http.put("/api/cloud/tenants/Not_Valid")).status_code == 422
+            created = await http.put(f"/api/cloud/tenants/{tenant}")
+            assert created.status_code == 202, created.text
+            result = await client.get_workflow_handle(
+                created.json()["workflowId"], result_type=ProvisioningResult
+            ).result()
+            assert result.status is ProvisioningStatus.COMPLETED
+            removed = await http.delete(f"/api/cloud/tenants/{tenant}")
+            assert removed.status_code == 202
+            assert removed.json()["workflowId"] == created.json()["workflowId"]
+            gone = await client.get_workflow_handle(
+                removed.json()["workflowId"], result_type=ProvisioningResult
+            ).result()
+            assert gone.status is ProvisioningStatus.COMPLETED
+    finally:
+        await services.close()
+    stores = enabled_stores(settings)
+    try:
+        for store in stores.values():
+            assert [info.key async for info in store.list(f"tenants/{tenant}/")] == []
+    finally:
+        for store in stores.values():
+            await store.close()

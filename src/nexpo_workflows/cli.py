@@ -291,6 +291,72 @@ def cloud_replicate(
     raise typer.Exit(0 if result.complete else 1)
 
 
+def _tenant_command(tenant_id: str, deprovision: bool) -> None:
+    from nexpo_workflows.api.routes.cloud import tenant_workflow_id
+    from nexpo_workflows.provisioning.models import (
+        DeprovisionInput,
+        ProvisioningResult,
+        ProvisionInput,
+    )
+    from nexpo_workflows.provisioning.workflows import (
+        DeprovisionResourcesWorkflow,
+        ProvisionResourcesWorkflow,
+    )
+
+    settings = _settings()
+    _require_temporal(settings, "cloud provision/deprovision")
+
+    async def run() -> ProvisioningResult:
+        client = await connect(settings, runtime=create_runtime(""))
+        workflow_id = tenant_workflow_id(tenant_id)
+        queue = settings.temporal_task_queue
+        try:
+            if deprovision:
+                return await client.execute_workflow(
+                    DeprovisionResourcesWorkflow.run,
+                    DeprovisionInput(tenant_id=tenant_id),
+                    id=workflow_id,
+                    task_queue=queue,
+                )
+            return await client.execute_workflow(
+                ProvisionResourcesWorkflow.run,
+                ProvisionInput(tenant_id=tenant_id),
+                id=workflow_id,
+                task_queue=queue,
+            )
+        except WorkflowFailureError as error:
+            cause = error.cause
+            if isinstance(cause, ApplicationError) and cause.details:
+                return ProvisioningResult.model_validate(cause.details[0])
+            _fail(str(cause or error), 1)
+
+    try:
+        result = _run(run())
+    except ValidationError as error:
+        _fail(f"invalid tenant id: {_input_errors(error)}", 2)
+    table = Table()
+    for column in ("resource", "status", "error"):
+        table.add_column(column)
+    for outcome in result.resources:
+        errors = " / ".join(e for e in (outcome.error, outcome.compensation_error) if e)
+        table.add_row(outcome.resource.label(), str(outcome.status), errors)
+    out.print(f"tenant {result.tenant_id}: {result.status}", soft_wrap=True, highlight=False)
+    out.print(table)
+    raise typer.Exit(0 if result.status == "completed" else 1)
+
+
+@cloud_app.command("provision")
+def cloud_provision(tenant_id: str) -> None:
+    """Create the tenant's resources in every enabled store and SQL database, or none."""
+    _tenant_command(tenant_id, deprovision=False)
+
+
+@cloud_app.command("deprovision")
+def cloud_deprovision(tenant_id: str) -> None:
+    """Remove everything provisioned for the tenant (safe to repeat)."""
+    _tenant_command(tenant_id, deprovision=True)
+
+
 @app.command("api-key")
 def api_key() -> None:
     """Make a new gateway API key: give the key to the client, its hash to API_KEY_HASHES."""
