@@ -34,6 +34,13 @@ from nexpo_workflows import registry
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
 from nexpo_workflows.devserver import start_dev_server
+from nexpo_workflows.failover.models import (
+    FailoverInput,
+    FailoverState,
+    ProbeTarget,
+    SetActiveSideInput,
+)
+from nexpo_workflows.failover.workflow import FailoverWorkflow
 from nexpo_workflows.health.models import HealthCheckInput
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
 from nexpo_workflows.ports import free_port
@@ -361,6 +368,38 @@ async def deprovision_success(lab: Lab, workflow_id: str) -> None:
             task_queue=lab.task_queue,
         )
     expect(result.status is ProvisioningStatus.COMPLETED, f"{workflow_id}: {result}")
+
+
+@case("FailoverWorkflow", "promote_then_manual_failback")
+async def failover_promote_then_manual(lab: Lab, workflow_id: str) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/health"  # nothing listens: the primary is down
+    async with lab.worker():
+        handle = await lab.client.start_workflow(
+            FailoverWorkflow.run,
+            FailoverInput(
+                service="billing",
+                primary=ProbeTarget(url=nowhere),
+                secondary=ProbeTarget(store="local"),
+                probe_interval_seconds=0.2,
+                probe_timeout_seconds=1,
+                failures_to_promote=2,
+                successes_to_fail_back=3,
+            ),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+        for _ in range(100):
+            state = await handle.query("state", result_type=FailoverState)
+            if state.active_side == "secondary":
+                break
+            await asyncio.sleep(0.1)
+        expect(state.active_side == "secondary", f"{workflow_id}: never promoted")
+        await handle.execute_update(
+            "set_active_side",
+            SetActiveSideInput(side="primary", reason="recorded manual failback"),
+            result_type=FailoverState,
+        )
+        await handle.terminate("recording done")
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:

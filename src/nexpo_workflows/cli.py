@@ -16,8 +16,14 @@ import typer
 from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.table import Table
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from nexpo_workflows.client import TemporalUnavailableError, connect
 from nexpo_workflows.config import ConfigError, Settings, load_settings
@@ -355,6 +361,89 @@ def cloud_provision(tenant_id: str) -> None:
 def cloud_deprovision(tenant_id: str) -> None:
     """Remove everything provisioned for the tenant (safe to repeat)."""
     _tenant_command(tenant_id, deprovision=True)
+
+
+@cloud_app.command("failover-status")
+def cloud_failover_status(service: str) -> None:
+    """The active side of a service (its durable routing record) and its monitor's state."""
+    from nexpo_workflows.api.routes.cloud import failover_workflow_id
+    from nexpo_workflows.failover.models import FailoverState, RoutingRecord
+    from nexpo_workflows.failover.routing import RoutingTable
+
+    settings = _settings()
+
+    async def status() -> tuple[RoutingRecord | None, FailoverState | None]:
+        table = RoutingTable.from_settings(settings)
+        try:
+            record = await table.read(service)
+        finally:
+            await table.close()
+        if not settings.enable_temporal:
+            return record, None
+        client = await connect(settings, runtime=create_runtime(""))
+        try:
+            monitor: FailoverState = await client.get_workflow_handle(
+                failover_workflow_id(service)
+            ).query("state", result_type=FailoverState)
+        except (RPCError, WorkflowQueryFailedError):
+            return record, None
+        return record, monitor
+
+    record, monitor = _run(status())
+    out.print_json(
+        json.dumps(
+            {
+                "service": service,
+                "routing": record.model_dump(mode="json") if record else None,
+                "monitor": monitor.model_dump(mode="json") if monitor else None,
+            }
+        )
+    )
+
+
+def _move(service: str, side: str, reason: str) -> None:
+    from nexpo_workflows.api.routes.cloud import failover_workflow_id
+    from nexpo_workflows.failover.models import FailoverState, SetActiveSideInput
+
+    settings = _settings()
+    _require_temporal(settings, f"cloud {'promote' if side == 'secondary' else 'failback'}")
+
+    async def move() -> FailoverState:
+        client = await connect(settings, runtime=create_runtime(""))
+        handle = client.get_workflow_handle(failover_workflow_id(service))
+        try:
+            state: FailoverState = await handle.execute_update(
+                "set_active_side",
+                SetActiveSideInput(side=side, reason=reason),
+                result_type=FailoverState,
+            )
+        except WorkflowUpdateFailedError as error:
+            _fail(f"refused: {error.cause}", 2)
+        except RPCError as error:
+            _fail(f"no monitor of {service}: {error}", 1)
+        return state
+
+    state = _run(move())
+    out.print(f"{service}: active side {state.active_side}", soft_wrap=True, highlight=False)
+
+
+_REASON = typer.Option(..., help="Why, for the routing record.")
+
+
+@cloud_app.command("promote")
+def cloud_promote(
+    service: str, reason: str = typer.Option(..., help="Why, for the record.")
+) -> None:
+    """Make the secondary the active side now."""
+    _move(service, "secondary", reason)
+
+
+@cloud_app.command("failback")
+def cloud_failback(
+    service: str, reason: str = typer.Option(..., help="Why, for the record.")
+) -> None:
+    """Make the primary the active side now."""
+    _move(service, "primary", reason)
 
 
 @app.command("api-key")

@@ -7,6 +7,8 @@ from typing import Any
 
 from temporalio import workflow
 
+from nexpo_workflows.failover.activities import FailoverActivities
+from nexpo_workflows.failover.workflow import FailoverWorkflow
 from nexpo_workflows.health.activities import HealthActivities
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
 from nexpo_workflows.provisioning.activities import ProvisioningActivities
@@ -27,6 +29,7 @@ WORKFLOWS: Sequence[type] = (
     ReplicateObjectWorkflow,
     ProvisionResourcesWorkflow,
     DeprovisionResourcesWorkflow,
+    FailoverWorkflow,
 )
 WORKFLOW_NAMES: frozenset[str] = frozenset(
     defn.name for defn in map(workflow._Definition.must_from_class, WORKFLOWS) if defn.name
@@ -43,4 +46,5 @@ def activities(services: Services) -> list[Callable[..., Any]]:
         *users.all(),
         *replication.all(),
         *ProvisioningActivities(services).all(),
+        *FailoverActivities(services).all(),
     ]

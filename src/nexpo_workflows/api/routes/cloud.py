@@ -6,11 +6,21 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
-from temporalio.client import Client
+from pydantic import BaseModel
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from nexpo_workflows.api.deps import ClientDep, GatewayState, StateDep
+from nexpo_workflows.failover.models import (
+    FailoverInput,
+    FailoverState,
+    RoutingRecord,
+    SetActiveSideInput,
+)
+from nexpo_workflows.failover.routing import RoutingTable, routing_store
+from nexpo_workflows.failover.workflow import FailoverWorkflow
 from nexpo_workflows.provisioning.models import DeprovisionInput, ProvisionInput
 from nexpo_workflows.provisioning.workflows import (
     DeprovisionResourcesWorkflow,
@@ -124,3 +134,88 @@ async def deprovision_tenant(
         DeprovisionInput(tenant_id=tenant_id),
         tenant_id,
     )
+
+
+def failover_workflow_id(service: str) -> str:
+    return f"failover-{service}"
+
+
+ServicePath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]+$", max_length=200)]
+
+
+class FailoverStatus(BaseModel):
+    service: str
+    routing: RoutingRecord | None
+    # None when no monitor runs for the service.
+    monitor: FailoverState | None
+
+
+@router.post(
+    "/failover",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WorkflowAccepted,
+    responses={409: {"description": "A monitor for this service is running"}},
+)
+async def start_failover_monitor(
+    body: FailoverInput, request: Request, client: ClientDep, state: StateDep
+) -> Any:
+    """Start the long-running failover monitor of a service (one per service)."""
+    try:
+        handle = await client.start_workflow(
+            FailoverWorkflow.run,
+            body,
+            id=failover_workflow_id(body.service),
+            task_queue=state.services.settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        )
+    except WorkflowAlreadyStartedError:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            {
+                "message": f"a monitor of {body.service} runs",
+                "workflowId": failover_workflow_id(body.service),
+            },
+        ) from None
+    return accepted(request, handle.id)
+
+
+@router.get("/failover/{service}", response_model=FailoverStatus)
+async def failover_status(
+    service: ServicePath, client: ClientDep, state: StateDep
+) -> FailoverStatus:
+    """The durable routing record, and the monitor's state when one runs."""
+    table = RoutingTable(routing_store(state.services.stores))
+    monitor: FailoverState | None = None
+    handle = client.get_workflow_handle(failover_workflow_id(service))
+    try:
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            monitor = await handle.query("state", result_type=FailoverState)
+    except RPCError:
+        monitor = None
+    return FailoverStatus(service=service, routing=await table.read(service), monitor=monitor)
+
+
+@router.post(
+    "/failover/{service}/active-side",
+    response_model=FailoverState,
+    responses={
+        404: {"description": "No monitor runs for this service"},
+        422: {"description": "Invalid side or missing reason"},
+    },
+)
+async def set_active_side(
+    service: ServicePath, body: SetActiveSideInput, client: ClientDep
+) -> FailoverState:
+    """Manual promote (side=secondary) or failback (side=primary), with a reason."""
+    handle = client.get_workflow_handle(failover_workflow_id(service))
+    try:
+        updated: FailoverState = await handle.execute_update(
+            "set_active_side", body, result_type=FailoverState
+        )
+    except WorkflowUpdateFailedError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error.cause)) from None
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no monitor of {service}") from None
+        raise
+    return updated

@@ -1,0 +1,215 @@
+"""FailoverWorkflow: probe a service's primary and secondary, and move the routing record
+to the secondary after N failed primary probes, back after M healthy ones."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows.failover.activities import FailoverActivities
+    from nexpo_workflows.failover.models import (
+        FailoverCarry,
+        FailoverInput,
+        FailoverState,
+        NotifyInput,
+        ProbeInput,
+        ProbeResult,
+        RoutingRecord,
+        SetActiveSideInput,
+        Side,
+    )
+
+RECORD_NOT_WRITTEN = "RoutingRecordNotWritten"
+# The probe reports a dead target as data; a retry only covers a lost task or a worker restart.
+_PROBE_RETRY = RetryPolicy(maximum_attempts=2, initial_interval=timedelta(milliseconds=200))
+# Bounded, so a store that refuses the record cannot hold the loop (or an update) forever: an
+# automatic switch is tried again at the next round, a manual one fails back to its caller.
+_RECORD_RETRY = RetryPolicy(
+    maximum_attempts=5,
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=5),
+)
+_NOTIFY_RETRY = RetryPolicy(maximum_attempts=3)
+_SIDES = {side.value for side in Side}
+
+
+@workflow.defn(name="FailoverWorkflow")
+class FailoverWorkflow:
+    @workflow.init
+    def __init__(self, input: FailoverInput) -> None:
+        self._input = input
+        self._carry = input.carry.model_copy(deep=True) if input.carry else FailoverCarry()
+        self._rounds = 0
+        self._wake = False
+        # One side change at a time: the loop's and an operator's.
+        self._switching = asyncio.Lock()
+
+    @workflow.run
+    async def run(self, input: FailoverInput) -> None:
+        while True:
+            await self._round()
+            self._rounds += 1
+            self._carry.total_rounds += 1
+            # A durable timer that an operator's command cuts short.
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._wake, timeout=input.probe_interval_seconds
+                )
+            self._wake = False
+            # After the wait, so the next run's first round keeps the interval.
+            if (
+                self._rounds >= input.continue_as_new_after
+                or workflow.info().is_continue_as_new_suggested()
+            ):
+                # An update in flight would be lost with this run.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(input.model_copy(update={"carry": self._carry}))
+
+    async def _round(self) -> None:
+        primary, secondary = await asyncio.gather(
+            self._probe(Side.PRIMARY), self._probe(Side.SECONDARY)
+        )
+        carry = self._carry
+        carry.recent_probes = [*carry.recent_probes, primary, secondary][
+            -self._input.history_limit :
+        ]
+        async with self._switching:
+            if primary.up:
+                carry.consecutive_successes += 1
+                carry.consecutive_failures = 0
+            else:
+                carry.consecutive_failures += 1
+                carry.consecutive_successes = 0
+            if carry.active_side is Side.PRIMARY:
+                if carry.consecutive_failures < self._input.failures_to_promote:
+                    return
+                if not secondary.up:
+                    # Moving to a side that is down too would not help anyone.
+                    workflow.logger.warning(
+                        "%s: primary down but secondary down too (%s): staying on primary",
+                        self._input.service,
+                        secondary.error,
+                    )
+                    return
+                reason = (
+                    f"primary down for {carry.consecutive_failures} consecutive probes: "
+                    f"{primary.error}"
+                )
+                await self._try_switch(Side.SECONDARY, reason)
+            elif carry.consecutive_successes >= self._input.successes_to_fail_back:
+                reason = f"primary healthy for {carry.consecutive_successes} consecutive probes"
+                await self._try_switch(Side.PRIMARY, reason)
+
+    async def _probe(self, side: Side) -> ProbeResult:
+        target = self._input.primary if side is Side.PRIMARY else self._input.secondary
+        timeout = self._input.probe_timeout_seconds
+        try:
+            return await workflow.execute_activity_method(
+                FailoverActivities.probe_target,
+                ProbeInput(side=side, target=target, timeout_seconds=timeout),
+                # The probe bounds itself; this only catches a worker that never answers.
+                start_to_close_timeout=timedelta(seconds=timeout + 5),
+                retry_policy=_PROBE_RETRY,
+                summary=f"probe {side}",
+            )
+        except ActivityError as error:
+            cause = error.cause or error
+            return ProbeResult(
+                at=workflow.now(),
+                side=side,
+                target=target.describe(),
+                up=False,
+                latency_ms=0,
+                error=str(cause) or type(cause).__name__,
+            )
+
+    async def _try_switch(self, side: Side, reason: str) -> None:
+        try:
+            await self._switch(side, reason)
+        except ActivityError as error:
+            # The counters stay past the threshold, so the next round tries again.
+            workflow.logger.error(
+                "%s: routing record not written, still on %s: %s",
+                self._input.service,
+                self._carry.active_side,
+                error.cause or error,
+            )
+
+    async def _switch(self, side: Side, reason: str) -> None:
+        """Write the record first: the state follows only what is durably recorded."""
+        previous = self._carry.active_side
+        record = RoutingRecord(
+            service=self._input.service,
+            active_side=side,
+            since=workflow.now(),
+            reason=reason,
+            workflow_id=workflow.info().workflow_id,
+        )
+        await workflow.execute_activity_method(
+            FailoverActivities.record_active_side,
+            record,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_RECORD_RETRY,
+            summary=f"route {self._input.service} to {side}",
+        )
+        self._carry.active_side = side
+        self._reset_counters()
+        try:
+            await workflow.execute_activity_method(
+                FailoverActivities.notify_failover,
+                NotifyInput(record=record, previous_side=previous),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_NOTIFY_RETRY,
+            )
+        except ActivityError as error:
+            # The switch is done and recorded; a lost notice must not undo it.
+            workflow.logger.warning("failover notice not sent: %s", error.cause or error)
+
+    def _reset_counters(self) -> None:
+        self._carry.consecutive_failures = 0
+        self._carry.consecutive_successes = 0
+
+    @workflow.query(name="state")
+    def state(self) -> FailoverState:
+        carry = self._carry
+        return FailoverState(
+            service=self._input.service,
+            active_side=carry.active_side,
+            consecutive_failures=carry.consecutive_failures,
+            consecutive_successes=carry.consecutive_successes,
+            recent_probes=list(carry.recent_probes),
+            rounds_since_continue_as_new=self._rounds,
+            total_rounds=carry.total_rounds,
+        )
+
+    @workflow.update(name="set_active_side")
+    async def set_active_side(self, input: SetActiveSideInput) -> FailoverState:
+        side = Side(input.side)
+        async with self._switching:
+            if side is not self._carry.active_side:
+                try:
+                    await self._switch(side, f"manual: {input.reason.strip()}")
+                except ActivityError as error:
+                    raise ApplicationError(
+                        f"routing record not written, still on {self._carry.active_side}: "
+                        f"{error.cause or error}",
+                        type=RECORD_NOT_WRITTEN,
+                    ) from error
+            else:
+                self._reset_counters()
+        # Probe at once, so the state shows the chosen side's health without a full interval.
+        self._wake = True
+        return self.state()
+
+    @set_active_side.validator
+    def _validate_set_active_side(self, input: SetActiveSideInput) -> None:
+        if input.side not in _SIDES:
+            raise ValueError(f"side must be one of {sorted(_SIDES)}, not {input.side!r}")
+        if not input.reason.strip():
+            raise ValueError("a reason is required")
