@@ -56,6 +56,8 @@ _TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 )
 LIST_PAGE_SIZE = 1000
 
+_PING_TIMEOUT_SECONDS = 5.0
+
 
 def _is_transient(error: Exception) -> bool:
     if isinstance(error, _TRANSIENT_ERRORS):
@@ -159,7 +161,9 @@ class GCSStore(ObjectStore):
     async def ping(self) -> None:
         bucket = self._bucket()
         try:
-            await self._run(bucket.reload, **self._call_options())
+            # One attempt with a short timeout: a probe must answer "down" quickly, and the
+            # thread it runs in cannot be cancelled once the call has started.
+            await self._run(bucket.reload, timeout=_PING_TIMEOUT_SECONDS, retry=None)
         except api_exceptions.NotFound as error:
             raise StoreUnavailableError(
                 f"gcs: bucket {self.bucket_name!r} does not exist"
