@@ -21,7 +21,6 @@ class FailoverActivities:
         self._stores = services.stores
         self._http = httpx.AsyncClient()
         self._prober = Prober(self._stores, self._http)
-        self.routing = RoutingTable(routing_store(self._stores))
 
     @activity.defn(name="probe_target")
     async def probe_target(self, input: ProbeInput) -> ProbeResult:
@@ -29,7 +28,8 @@ class FailoverActivities:
 
     @activity.defn(name="record_active_side")
     async def record_active_side(self, record: RoutingRecord) -> None:
-        await self.routing.write(record)
+        # Chosen when first needed: a worker without stores runs every other workflow.
+        await RoutingTable(routing_store(self._stores)).write(record)
 
     @activity.defn(name="notify_failover")
     async def notify_failover(self, input: NotifyInput) -> None:

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
         ReplicationPlan,
         ReplicationPlanInput,
     )
+    from nexpo_workflows.workflow_errors import raise_refusal
 
 INCOMPLETE = "ReplicationIncomplete"
 _COPY_RETRY = RetryPolicy(
@@ -41,11 +42,7 @@ class ReplicateObjectWorkflow:
                 start_to_close_timeout=timedelta(seconds=10),
             )
         except ActivityError as error:
-            if isinstance(error.cause, ApplicationError):
-                raise ApplicationError(
-                    error.cause.message, type=error.cause.type, non_retryable=True
-                ) from error
-            raise
+            raise_refusal(error)
         replicas = await asyncio.gather(
             *(self._copy(input.key, plan.source, target) for target in plan.targets)
         )

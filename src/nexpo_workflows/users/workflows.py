@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         SagaStatus,
     )
     from nexpo_workflows.users.saga import offboard, onboard
+    from nexpo_workflows.workflow_errors import raise_refusal
 
 ROLLED_BACK = "OnboardingRolledBack"
 OFFBOARDING_FAILED = "OffboardingFailed"
@@ -34,12 +35,7 @@ async def _plan(options: SagaOptions) -> SagaPlan:
             start_to_close_timeout=timedelta(seconds=10),
         )
     except ActivityError as error:
-        # A refused plan is the caller's mistake: fail with its reason, not a wrapper.
-        if isinstance(error.cause, ApplicationError):
-            raise ApplicationError(
-                error.cause.message, type=error.cause.type, non_retryable=True
-            ) from error
-        raise
+        raise_refusal(error)
     return plan
 
 
