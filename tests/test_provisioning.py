@@ -44,16 +44,18 @@ from nexpo_workflows.worker import build_worker
 from tests.conftest import API_KEY
 from tests.servers.azurite import running_azurite
 from tests.servers.gcs import running_gcs
+from tests.servers.s3 import running_s3
 
 # Creation order: the stores in the registry's order, then the databases, then the record
 # (in the first store).
 STEPS = [
+    "bucket_space:s3",
     "bucket_space:azure",
     "bucket_space:gcs",
     "bucket_space:local",
     "db_schema:postgres",
     "db_schema:sqlite",
-    "resource_record:azure",
+    "resource_record:s3",
 ]
 
 
@@ -64,6 +66,12 @@ async def azurite() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
+async def s3_endpoint() -> AsyncIterator[str]:
+    async with running_s3() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
 async def gcs_endpoint() -> AsyncIterator[str]:
     async with running_gcs() as endpoint:
         yield endpoint
@@ -71,10 +79,19 @@ async def gcs_endpoint() -> AsyncIterator[str]:
 
 @pytest.fixture
 def settings(
-    make_settings: Callable[..., Settings], azurite: str, gcs_endpoint: str, postgres_url: str
+    make_settings: Callable[..., Settings],
+    azurite: str,
+    gcs_endpoint: str,
+    s3_endpoint: str,
+    postgres_url: str,
 ) -> Settings:
     return make_settings(
         enable_local_store=True,
+        enable_s3=True,
+        s3_endpoint_url=s3_endpoint,
+        s3_bucket=f"nexpo-{uuid.uuid4().hex[:12]}",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
         enable_azure_blob=True,
         azure_storage_connection_string=azurite,
         azure_blob_container=f"nexpo-{uuid.uuid4().hex[:12]}",
@@ -210,11 +227,11 @@ def _sqlite_tables(settings: Settings, name: str) -> int:
     return int(row[0])
 
 
-NOTHING = {"azure": [], "gcs": [], "local": [], "postgres": 0, "sqlite": 0}
+NOTHING = {"s3": [], "azure": [], "gcs": [], "local": [], "postgres": 0, "sqlite": 0}
 
 
 async def read_record(settings: Settings, tenant: str) -> ResourceRecord:
-    store = enabled_stores(settings)["azure"]
+    store = enabled_stores(settings)["s3"]  # the first store holds the record
     await store.connect()
     try:
         content = b"".join([chunk async for chunk in store.get(record_key(tenant))])
@@ -234,7 +251,8 @@ async def test_provision_creates_everything_and_twice_duplicates_nothing(
     assert statuses(first) == dict.fromkeys(STEPS, "created")
     marker = f"tenants/{tenant}/.tenant"
     assert made == {
-        "azure": [marker, record_key(tenant)],
+        "s3": [marker, record_key(tenant)],
+        "azure": [marker],
         "gcs": [marker],
         "local": [marker],
         "postgres": 1,
