@@ -18,6 +18,7 @@ from temporalio.service import RPCError, TLSConfig
 
 from nexpo_workflows.codec import EncryptionCodec, parse_key_ring
 from nexpo_workflows.config import Settings
+from nexpo_workflows.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +111,13 @@ async def connect(
                 raise TemporalUnavailableError(
                     f"cannot reach the Temporal server at {options.target} "
                     f"(namespace {options.namespace}) after "
-                    f"{settings.temporal_connect_timeout_seconds:g}s: {_first_line(error)}"
+                    f"{settings.temporal_connect_timeout_seconds:g}s: {first_line(error)}"
                 ) from error
             log.warning(
                 "Temporal at %s not reachable yet (%s); retrying in %.1fs",
                 options.target,
-                _first_line(error),
+                first_line(error),
                 backoff,
             )
             await asyncio.sleep(min(backoff, remaining))
             backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

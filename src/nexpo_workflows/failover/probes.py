@@ -10,13 +10,9 @@ from datetime import UTC, datetime
 
 import httpx
 
+from nexpo_workflows.errors import first_line
 from nexpo_workflows.failover.models import ProbeInput, ProbeResult
 from nexpo_workflows.storage import ObjectStore
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Prober:
@@ -53,7 +49,7 @@ class Prober:
         except TimeoutError:
             error = f"no answer within {input.timeout_seconds:g}s"
         except Exception as exc:
-            error = _first_line(exc)
+            error = first_line(exc)
         return ProbeResult(
             at=datetime.now(UTC),
             side=input.side,

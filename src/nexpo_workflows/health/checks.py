@@ -11,6 +11,7 @@ from typing import Protocol
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 
+from nexpo_workflows.errors import first_line
 from nexpo_workflows.health.models import DependencyState, DependencyStatus, HealthReport
 
 TEMPORAL = "temporal"
@@ -70,7 +71,7 @@ class DependencyChecker:
         except TimeoutError:
             error = f"no answer within {timeout_seconds:g}s"
         except Exception as exc:
-            error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            error = first_line(exc)
         return DependencyStatus(
             name=name,
             status=DependencyState.DOWN if error else DependencyState.UP,

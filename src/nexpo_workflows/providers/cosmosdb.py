@@ -54,6 +54,7 @@ from azure.cosmos.exceptions import (
 from pydantic import SecretStr
 
 from nexpo_workflows.config import Settings
+from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import (
     DatabaseProvider,
     DuplicateEmailError,
@@ -187,9 +188,7 @@ class CosmosProvider(DatabaseProvider):
         return self._container
 
     def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
-        text = str(error).strip()
-        detail = text.splitlines()[0] if text else type(error).__name__
-        return ProviderUnavailableError(f"{self.name}: {detail}")
+        return ProviderUnavailableError(f"{self.name}: {first_line(error)}")
 
     @contextlib.contextmanager
     def _reporting_unavailable(self) -> Iterator[None]:

@@ -26,6 +26,7 @@ from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Delete, Insert, Select
 
+from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import (
     DatabaseProvider,
     DuplicateEmailError,
@@ -110,8 +111,7 @@ class SQLProvider(DatabaseProvider):
         return self._engine
 
     def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return ProviderUnavailableError(f"{self.name}: {detail}")
+        return ProviderUnavailableError(f"{self.name}: {first_line(error)}")
 
     async def ping(self) -> None:
         engine = await self._ready_engine()

@@ -26,6 +26,7 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from pydantic import SecretStr
 
 from nexpo_workflows.config import ConfigError, Settings
+from nexpo_workflows.errors import first_line
 from nexpo_workflows.storage.base import (
     SHA256_METADATA,
     ChecksumMismatchError,
@@ -111,8 +112,7 @@ class AzureBlobStore(ObjectStore):
         return self._container
 
     def _unavailable(self, error: BaseException) -> StoreUnavailableError:
-        text = str(error).strip()
-        detail = text.splitlines()[0] if text else type(error).__name__
+        detail = first_line(error)
         for part in self._connection_string.get_secret_value().split(";"):
             field, _, value = part.partition("=")
             if field in SECRET_FIELDS and value:
