@@ -109,22 +109,28 @@ async def test_an_object_is_copied_everywhere_and_verified(
             await store.close()
 
 
-async def test_a_missing_source_object_fails_at_once(
-    client: Client, replication_settings: Settings
-) -> None:
-    services = Services.from_settings(replication_settings, client)
+async def refused(client: Client, settings: Settings, input: ReplicateInput) -> ApplicationError:
+    """Run a replication that must fail; its failure."""
+    services = Services.from_settings(settings, client)
     try:
         async with build_worker(client, services):
             with pytest.raises(WorkflowFailureError) as caught:
-                await replicate(
-                    client,
-                    replication_settings,
-                    ReplicateInput(key="nothing-here", source="local", targets=["s3"]),
-                )
+                await replicate(client, settings, input)
     finally:
         await services.close()
     cause = caught.value.cause
     assert isinstance(cause, ApplicationError)
+    return cause
+
+
+async def test_a_missing_source_object_fails_at_once(
+    client: Client, replication_settings: Settings
+) -> None:
+    cause = await refused(
+        client,
+        replication_settings,
+        ReplicateInput(key="nothing-here", source="local", targets=["s3"]),
+    )
     assert cause.type == "ReplicationIncomplete"
     result = ReplicateResult.model_validate(cause.details[0])
     assert result.replicas[0].status is ReplicaStatus.FAILED
@@ -132,19 +138,11 @@ async def test_a_missing_source_object_fails_at_once(
 
 
 async def test_an_unknown_store_is_refused(client: Client, replication_settings: Settings) -> None:
-    services = Services.from_settings(replication_settings, client)
-    try:
-        async with build_worker(client, services):
-            with pytest.raises(WorkflowFailureError) as caught:
-                await replicate(
-                    client,
-                    replication_settings,
-                    ReplicateInput(key="k", source="local", targets=["dropbox"]),
-                )
-    finally:
-        await services.close()
-    cause = caught.value.cause
-    assert isinstance(cause, ApplicationError)
+    cause = await refused(
+        client,
+        replication_settings,
+        ReplicateInput(key="k", source="local", targets=["dropbox"]),
+    )
     assert cause.type == "UnknownStore"
     assert "dropbox" in cause.message
 
