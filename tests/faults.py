@@ -4,10 +4,17 @@ is chosen by the test."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Literal, Self
 
 from nexpo_workflows.config import Settings
-from nexpo_workflows.providers import DatabaseProvider, ProviderUnavailableError, UserRecord
+from nexpo_workflows.providers import (
+    DatabaseProvider,
+    DatasetRecord,
+    ProviderUnavailableError,
+    RecordVersion,
+    UserRecord,
+)
 
 
 class InjectedFailure(ProviderUnavailableError):
@@ -18,7 +25,9 @@ class FaultyProvider(DatabaseProvider):
     """Delegates to ``inner``. ``create_user`` fails every time before or after the real
     write (``create_fails``), or only its first ``unavailable_for`` calls before the write,
     or its first ``lost_answers`` calls after the write (an answer lost on the way back);
-    ``delete_user`` fails its first ``failing_deletes`` calls."""
+    ``delete_user`` fails its first ``failing_deletes`` calls; ``upsert_records`` fails every
+    time after the real write when ``upsert_fails`` is set, and always before it once
+    ``upsert_down`` is set (a target that went down)."""
 
     def __init__(
         self,
@@ -29,6 +38,7 @@ class FaultyProvider(DatabaseProvider):
         lost_answers: int = 0,
         failing_deletes: int = 0,
         create_delay: float = 0.0,
+        upsert_fails: bool = False,
     ) -> None:
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]
@@ -37,6 +47,9 @@ class FaultyProvider(DatabaseProvider):
         self.lost_answers = lost_answers
         self.failing_deletes = failing_deletes
         self.create_delay = create_delay
+        self.upsert_fails = upsert_fails
+        self.upsert_down = False
+        self.upsert_calls = 0
         self.create_calls = 0
         self.delete_calls = 0
         self.create_started = asyncio.Event()
@@ -75,3 +88,20 @@ class FaultyProvider(DatabaseProvider):
         if self.delete_calls <= self.failing_deletes:
             raise InjectedFailure(f"{self.name}: injected delete failure {self.delete_calls}")
         return await self.inner.delete_user(user_id)
+
+    async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
+        self.upsert_calls += 1
+        if self.upsert_down:
+            raise InjectedFailure(f"{self.name}: injected outage of the records store")
+        await self.inner.upsert_records(dataset, records)
+        if self.upsert_fails:
+            raise InjectedFailure(f"{self.name}: injected failure after the records write")
+
+    async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
+        return await self.inner.get_records(dataset, ids)
+
+    async def record_versions(self, dataset: str, ids: Sequence[str]) -> list[RecordVersion]:
+        return await self.inner.record_versions(dataset, ids)
+
+    async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
+        return await self.inner.delete_records(dataset, ids)

@@ -15,8 +15,10 @@ import pytest
 
 from nexpo_workflows.providers import (
     DatabaseProvider,
+    DatasetRecord,
     DuplicateEmailError,
     ProviderUnavailableError,
+    RecordVersion,
     UserRecord,
 )
 
@@ -34,6 +36,21 @@ def make_user(**overrides: object) -> UserRecord:
     }
     values.update(overrides)
     return UserRecord.model_validate(values)
+
+
+def make_records(count: int, version: int = 1_700_000_000_000_000) -> list[DatasetRecord]:
+    return [
+        DatasetRecord(
+            id=f"row-{uuid.uuid4().hex[:12]}-{n}",
+            version=version + n,
+            data={"title": f"Title {n}", "n": n, "tags": ["x", "y"], "nested": {"ok": True}},
+        )
+        for n in range(count)
+    ]
+
+
+def by_id(records: list[DatasetRecord]) -> dict[str, DatasetRecord]:
+    return {record.id: record for record in records}
 
 
 class ProviderContract:
@@ -97,6 +114,50 @@ class ProviderContract:
         await provider.connect()
         await provider.ping()
 
+    async def test_upserted_records_read_back_equal(self, provider: DatabaseProvider) -> None:
+        dataset = f"ds_{uuid.uuid4().hex[:8]}"
+        written = make_records(250)
+        await provider.upsert_records(dataset, written)
+        ids = [record.id for record in written]
+        assert by_id(await provider.get_records(dataset, ids)) == by_id(written)
+        versions = await provider.record_versions(dataset, [*ids, "absent"])
+        assert sorted(versions, key=lambda v: v.id) == sorted(
+            (RecordVersion(id=r.id, version=r.version, deleted=False) for r in written),
+            key=lambda v: v.id,
+        )
+
+    async def test_replaying_an_upsert_changes_nothing_and_a_newer_one_replaces(
+        self, provider: DatabaseProvider
+    ) -> None:
+        dataset = f"ds_{uuid.uuid4().hex[:8]}"
+        written = make_records(5)
+        await provider.upsert_records(dataset, written)
+        await provider.upsert_records(dataset, written)
+        tombstone = written[0].model_copy(update={"version": written[0].version + 10})
+        tombstone.deleted, tombstone.data = True, {}
+        changed = written[1].model_copy(update={"data": {"title": "changed"}, "version": 9})
+        await provider.upsert_records(dataset, [tombstone, changed])
+        stored = by_id(await provider.get_records(dataset, [r.id for r in written]))
+        assert stored == by_id([tombstone, changed, *written[2:]])
+        await provider.upsert_records(dataset, [])
+
+    async def test_datasets_do_not_see_each_other(self, provider: DatabaseProvider) -> None:
+        first, second = f"ds_{uuid.uuid4().hex[:8]}", f"ds_{uuid.uuid4().hex[:8]}"
+        written = make_records(3)
+        await provider.upsert_records(first, written)
+        assert await provider.get_records(second, [r.id for r in written]) == []
+        assert await provider.delete_records(second, [r.id for r in written]) == 0
+        assert len(await provider.get_records(first, [r.id for r in written])) == 3
+
+    async def test_delete_records_is_idempotent(self, provider: DatabaseProvider) -> None:
+        dataset = f"ds_{uuid.uuid4().hex[:8]}"
+        written = make_records(4)
+        await provider.upsert_records(dataset, written)
+        ids = [r.id for r in written]
+        assert await provider.delete_records(dataset, [*ids[:2], "absent"]) == 2
+        assert await provider.delete_records(dataset, ids[:2]) == 0
+        assert by_id(await provider.get_records(dataset, ids)) == by_id(written[2:])
+
     async def test_an_unreachable_backend_is_a_retryable_error(
         self, unreachable_provider: DatabaseProvider
     ) -> None:
@@ -106,4 +167,8 @@ class ProviderContract:
             await unreachable_provider.create_user(make_user())
         with pytest.raises(ProviderUnavailableError):
             await unreachable_provider.delete_user(str(uuid.uuid4()))
+        with pytest.raises(ProviderUnavailableError):
+            await unreachable_provider.upsert_records("ds", make_records(1))
+        with pytest.raises(ProviderUnavailableError):
+            await unreachable_provider.record_versions("ds", ["a"])
         await unreachable_provider.close()

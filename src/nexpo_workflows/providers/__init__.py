@@ -9,16 +9,20 @@ from typing import NamedTuple
 from nexpo_workflows.config import Settings
 from nexpo_workflows.providers.base import (
     DatabaseProvider,
+    DatasetRecord,
     DuplicateEmailError,
     ProviderUnavailableError,
+    RecordVersion,
     UserRecord,
 )
 
 __all__ = [
     "PROVIDERS",
     "DatabaseProvider",
+    "DatasetRecord",
     "DuplicateEmailError",
     "ProviderUnavailableError",
+    "RecordVersion",
     "UserRecord",
     "enabled_provider_names",
     "enabled_providers",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Self
 
@@ -29,6 +30,31 @@ class UserRecord(BaseModel):
     password_hash: str = Field(min_length=1, max_length=512, repr=False)
     created_at: datetime
     profile: dict[str, Any] | None = None
+
+
+# Every provider keeps records of every dataset in one table/collection/container of this name
+# (SQL table, MongoDB collection, Cosmos DB container partitioned by dataset, Supabase table),
+# so a new dataset needs no migration.
+RECORDS_STORE = "nexpo_records"
+
+
+class DatasetRecord(BaseModel):
+    """One row of a dataset as every provider stores it: published content, a synced row,
+    a quarantined row. ``version`` orders the writes of one id (microseconds since the epoch of
+    the source's updated_at); ``deleted`` is a tombstone, so a delete reaches every copy."""
+
+    id: str = Field(min_length=1, max_length=200)
+    version: int = Field(ge=0)
+    deleted: bool = False
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordVersion(BaseModel):
+    """What verification compares: the id, its version and whether it is a tombstone."""
+
+    id: str
+    version: int
+    deleted: bool
 
 
 class DatabaseProvider(ABC):
@@ -69,3 +95,25 @@ class DatabaseProvider(ABC):
     @abstractmethod
     async def delete_user(self, user_id: str) -> bool:
         """Remove the record with this id; True if one was there. Absent is not an error."""
+
+    # --- Dataset records (published content, sync targets, quarantine) -----------------------
+
+    @abstractmethod
+    async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
+        """Write ``records`` of ``dataset`` in as few round trips as the client allows,
+        replacing any stored record with the same id. Replaying the same records changes
+        nothing; an empty sequence is a no-op."""
+
+    @abstractmethod
+    async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
+        """The stored records among ``ids`` (tombstones included), in any order."""
+
+    @abstractmethod
+    async def record_versions(self, dataset: str, ids: Sequence[str]) -> list[RecordVersion]:
+        """Id, version and tombstone flag of the stored records among ``ids``: what
+        verification compares, without reading the data."""
+
+    @abstractmethod
+    async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
+        """Remove the records (not a tombstone: a compensation); how many were there.
+        Absent ids are not an error."""

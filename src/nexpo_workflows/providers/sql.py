@@ -1,16 +1,21 @@
 """One implementation for the SQL providers (SQLite, PostgreSQL, SQL Server), on SQLAlchemy Core.
 
-Only portable statements are used (no dialect-specific upsert), so the SQL Server dialect
-compiles the same statements that run on SQLite and PostgreSQL in the tests.
+Portable statements only, so the SQL Server dialect compiles the same statements that run on
+SQLite and PostgreSQL in the tests; the one exception is the bulk upsert of dataset records,
+``INSERT ... ON CONFLICT`` where the dialect has it, a delete and insert in one transaction
+elsewhere.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     Column,
     DateTime,
     MetaData,
@@ -22,15 +27,20 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Delete, Insert, Select
 
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import (
+    RECORDS_STORE,
     DatabaseProvider,
+    DatasetRecord,
     DuplicateEmailError,
     ProviderUnavailableError,
+    RecordVersion,
     UserRecord,
 )
 
@@ -46,6 +56,19 @@ users = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("profile", JSON, nullable=True),
 )
+
+records = Table(
+    RECORDS_STORE,
+    metadata,
+    Column("dataset", String(100), primary_key=True),
+    Column("id", String(200), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("data", JSON, nullable=False),
+)
+
+# Ids per statement in IN (...) lists: below SQL Server's 2,100 parameters and SQLite's 32,766.
+IN_LIST_CHUNK = 1000
 
 
 def with_driver(url: str, scheme: str) -> str:
@@ -70,6 +93,50 @@ class UserStatements:
     @staticmethod
     def delete_user(user_id: str) -> Delete:
         return delete(users).where(users.c.id == user_id)
+
+
+class RecordStatements:
+    """The statements of dataset records; ``upsert`` depends on the dialect."""
+
+    @staticmethod
+    def upsert(dialect: Dialect) -> Insert | None:
+        """One statement that inserts or replaces, executed with many rows; None where the
+        dialect has none (SQL Server), and a delete then insert is used instead."""
+        module = {"postgresql": postgresql, "sqlite": sqlite}.get(dialect.name)
+        if module is None:
+            return None
+        statement = module.insert(records)
+        excluded = statement.excluded
+        return statement.on_conflict_do_update(
+            index_elements=[records.c.dataset, records.c.id],
+            set_={
+                "version": excluded.version,
+                "deleted": excluded.deleted,
+                "data": excluded.data,
+            },
+        )
+
+    @staticmethod
+    def insert() -> Insert:
+        return insert(records)
+
+    @staticmethod
+    def select(dataset: str, ids: Sequence[str]) -> Select[Any]:
+        return select(records).where(records.c.dataset == dataset, records.c.id.in_(ids))
+
+    @staticmethod
+    def select_versions(dataset: str, ids: Sequence[str]) -> Select[Any]:
+        return select(records.c.id, records.c.version, records.c.deleted).where(
+            records.c.dataset == dataset, records.c.id.in_(ids)
+        )
+
+    @staticmethod
+    def delete(dataset: str, ids: Sequence[str]) -> Delete:
+        return delete(records).where(records.c.dataset == dataset, records.c.id.in_(ids))
+
+
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[start : start + IN_LIST_CHUNK] for start in range(0, len(ids), IN_LIST_CHUNK)]
 
 
 class SQLProvider(DatabaseProvider):
@@ -156,3 +223,54 @@ class SQLProvider(DatabaseProvider):
         except (exc.DBAPIError, OSError) as error:
             raise self._unavailable(error) from error
         return bool(result.rowcount)
+
+    async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
+        if not records:
+            return
+        engine = await self._ready_engine()
+        rows = [{"dataset": dataset, **record.model_dump()} for record in records]
+        upsert = RecordStatements.upsert(engine.dialect)
+        try:
+            async with engine.begin() as connection:
+                if upsert is not None:
+                    await connection.execute(upsert, rows)
+                    return
+                for chunk in _chunks([record.id for record in records]):
+                    await connection.execute(RecordStatements.delete(dataset, chunk))
+                await connection.execute(RecordStatements.insert(), rows)
+        except (exc.DBAPIError, OSError) as error:
+            raise self._unavailable(error) from error
+
+    async def _select_in_chunks(
+        self, statement: Any, dataset: str, ids: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        engine = await self._ready_engine()
+        found: list[dict[str, Any]] = []
+        try:
+            async with engine.connect() as connection:
+                for chunk in _chunks(ids):
+                    result = await connection.execute(statement(dataset, chunk))
+                    found += [row._asdict() for row in result]
+        except (exc.DBAPIError, OSError) as error:
+            raise self._unavailable(error) from error
+        return found
+
+    async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
+        rows = await self._select_in_chunks(RecordStatements.select, dataset, ids)
+        return [DatasetRecord.model_validate(row) for row in rows]
+
+    async def record_versions(self, dataset: str, ids: Sequence[str]) -> list[RecordVersion]:
+        rows = await self._select_in_chunks(RecordStatements.select_versions, dataset, ids)
+        return [RecordVersion.model_validate(row) for row in rows]
+
+    async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
+        engine = await self._ready_engine()
+        removed = 0
+        try:
+            async with engine.begin() as connection:
+                for chunk in _chunks(ids):
+                    result = await connection.execute(RecordStatements.delete(dataset, chunk))
+                    removed += result.rowcount
+        except (exc.DBAPIError, OSError) as error:
+            raise self._unavailable(error) from error
+        return removed
