@@ -130,6 +130,52 @@ class Settings(BaseSettings):
     onboarding_step_timeout_seconds: float = Field(default=10.0, gt=0)
     onboarding_compensation_attempts: int = Field(default=10, ge=1)
 
+    # --- Language model (Claude) ----------------------------------------------------------
+    # Unset: an offline model that answers deterministic text saying it is offline.
+    anthropic_api_key: SecretStr | None = None
+    anthropic_model: str = Field(default="claude-sonnet-4-20250514", min_length=1)
+    # For a proxy or gateway in front of the API; empty = api.anthropic.com.
+    anthropic_base_url: str | None = None
+    anthropic_max_tokens: int = Field(default=2048, gt=0)
+    anthropic_timeout_seconds: float = Field(default=120.0, gt=0)
+    # An answer that does not match its schema is asked for again at most this many times.
+    llm_structured_attempts: int = Field(default=3, ge=1)
+
+    # --- Notifications ----------------------------------------------------------------------
+    # Nothing configured: notifications are log lines only.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, gt=0, lt=65536)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    # STARTTLS after connecting (port 587) or TLS from the start (port 465); neither: plain.
+    smtp_starttls: bool = False
+    smtp_use_tls: bool = False
+    smtp_from: str = "nexpo-workflows@localhost"
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Who gets the pipeline's emails when a request names nobody.
+    notify_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Webhook receivers; every POST is signed with HMAC-SHA256 of the body under the secret.
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # --- AI content pipeline and decisions --------------------------------------------------
+    # "ai": Claude reviews the draft against the rubric; "human": a reviewer decides.
+    content_review_mode: Literal["ai", "human"] = "ai"
+    content_review_rubric: str = (
+        "Accurate, clear, on topic, free of offensive or confidential material, "
+        "and ready to publish without edits."
+    )
+    # How long a human review may take; past it, an escalation goes out and the default applies.
+    content_review_timeout_seconds: float = Field(default=86400.0, gt=0)
+    content_review_default: Literal["approve", "reject"] = "reject"
+    content_max_revisions: int = Field(default=3, ge=0)
+    # The AI decision workflow: the largest refund it may choose, and the risk above which a
+    # person must approve its choice (and how long they have).
+    decision_refund_limit: float = Field(default=100.0, ge=0)
+    decision_risk_threshold: float = Field(default=0.5, ge=0, le=1)
+    decision_approval_timeout_seconds: float = Field(default=86400.0, gt=0)
+
     # --- Health check -------------------------------------------------------------------
     health_check_timeout_seconds: float = Field(default=5.0, gt=0)
     # How long a started health check may wait for a worker to pick it up.
@@ -169,7 +215,9 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("api_key_hashes", "codec_cors_origins", mode="before")
+    @field_validator(
+        "api_key_hashes", "codec_cors_origins", "notify_email_to", "webhook_urls", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -219,10 +267,11 @@ class Settings(BaseSettings):
             "SUPABASE_SERVICE_ROLE_KEY": self.enable_supabase
             and not self.supabase_service_role_key.get_secret_value(),
             "SQLSERVER_URL": self.enable_sqlserver and not self.sqlserver_url.get_secret_value(),
+            "WEBHOOK_SECRET": bool(self.webhook_urls) and not self.webhook_secret,
         }
         missing = [name for name, absent in required.items() if absent]
         if missing:
-            raise ValueError(f"{', '.join(missing)} must be set when its provider is enabled")
+            raise ValueError(f"{', '.join(missing)} must be set when what needs it is enabled")
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,8 @@ from temporalio.client import Client
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.health.checks import DependencyChecker
+from nexpo_workflows.llm import LanguageModel, configured_model
+from nexpo_workflows.notify import Notifier, enabled_notifiers
 from nexpo_workflows.providers import DatabaseProvider, enabled_providers
 from nexpo_workflows.storage import ObjectStore, enabled_stores
 
@@ -18,6 +20,8 @@ class Services:
     client: Client | None = None
     providers: dict[str, DatabaseProvider] = field(default_factory=dict)
     stores: dict[str, ObjectStore] = field(default_factory=dict)
+    language_model: LanguageModel | None = None
+    notifiers: dict[str, Notifier] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Client | None = None) -> Services:
@@ -28,6 +32,8 @@ class Services:
             client=client,
             providers=enabled_providers(settings),
             stores=enabled_stores(settings),
+            language_model=configured_model(settings),
+            notifiers=enabled_notifiers(settings),
         )
 
     @property
@@ -39,3 +45,7 @@ class Services:
             await provider.close()
         for store in self.stores.values():
             await store.close()
+        if self.language_model is not None:
+            await self.language_model.close()
+        for notifier in self.notifiers.values():
+            await notifier.close()

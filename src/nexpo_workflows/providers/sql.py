@@ -102,10 +102,13 @@ class RecordStatements:
     def upsert(dialect: Dialect) -> Insert | None:
         """One statement that inserts or replaces, executed with many rows; None where the
         dialect has none (SQL Server), and a delete then insert is used instead."""
-        module = {"postgresql": postgresql, "sqlite": sqlite}.get(dialect.name)
-        if module is None:
+        statement: postgresql.Insert | sqlite.Insert
+        if dialect.name == "postgresql":
+            statement = postgresql.insert(records)
+        elif dialect.name == "sqlite":
+            statement = sqlite.insert(records)
+        else:
             return None
-        statement = module.insert(records)
         excluded = statement.excluded
         return statement.on_conflict_do_update(
             index_elements=[records.c.dataset, records.c.id],
