@@ -26,8 +26,9 @@ class FaultyProvider(DatabaseProvider):
     write (``create_fails``), or only its first ``unavailable_for`` calls before the write,
     or its first ``lost_answers`` calls after the write (an answer lost on the way back);
     ``delete_user`` fails its first ``failing_deletes`` calls; ``upsert_records`` fails every
-    time after the real write when ``upsert_fails`` is set, and always before it once
-    ``upsert_down`` is set (a target that went down)."""
+    time after the real write when ``upsert_fails`` is set, always before it once
+    ``upsert_down`` is set (a target that went down), and silently drops its first
+    ``lost_upserts`` writes (a target that lost them)."""
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class FaultyProvider(DatabaseProvider):
         failing_deletes: int = 0,
         create_delay: float = 0.0,
         upsert_fails: bool = False,
+        lost_upserts: int = 0,
     ) -> None:
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]
@@ -48,6 +50,7 @@ class FaultyProvider(DatabaseProvider):
         self.failing_deletes = failing_deletes
         self.create_delay = create_delay
         self.upsert_fails = upsert_fails
+        self.lost_upserts = lost_upserts
         self.upsert_down = False
         self.upsert_calls = 0
         self.create_calls = 0
@@ -93,6 +96,8 @@ class FaultyProvider(DatabaseProvider):
         self.upsert_calls += 1
         if self.upsert_down:
             raise InjectedFailure(f"{self.name}: injected outage of the records store")
+        if self.upsert_calls <= self.lost_upserts:
+            return
         await self.inner.upsert_records(dataset, records)
         if self.upsert_fails:
             raise InjectedFailure(f"{self.name}: injected failure after the records write")

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from nexpo_workflows.codec import parse_key_ring
+from nexpo_workflows.sync.models import DatasetConfig
 
 DEFAULT_TEMPORAL_SERVER_URL = "localhost:7233"
 TEMPORAL_CLOUD_PORT = 7233
@@ -175,6 +176,19 @@ class Settings(BaseSettings):
     decision_refund_limit: float = Field(default=100.0, ge=0)
     decision_risk_threshold: float = Field(default=0.5, ge=0, le=1)
     decision_approval_timeout_seconds: float = Field(default=86400.0, gt=0)
+
+    # --- Cross-database sync ----------------------------------------------------------------
+    # A JSON list of datasets (see README); "users" and "content" are built in.
+    sync_datasets: list[DatasetConfig] = Field(default_factory=list)
+    # The SQL provider the built-in datasets are read from.
+    sync_source: str = "postgres"
+    sync_batch_size: int = Field(default=5000, gt=0, le=100_000)
+    # Batches per workflow run before it continues as new (bounds its history).
+    sync_batches_per_run: int = Field(default=100, ge=1)
+    # Rewrites of a range whose verification failed, before the run fails with a report.
+    sync_repair_attempts: int = Field(default=2, ge=0)
+    # How long one step may keep retrying (a target down) before the run fails.
+    sync_step_deadline_seconds: float = Field(default=900.0, gt=0)
 
     # --- Health check -------------------------------------------------------------------
     health_check_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -19,6 +19,8 @@ from nexpo_workflows.provisioning.workflows import (
 from nexpo_workflows.replication.activities import ReplicationActivities
 from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.services import Services
+from nexpo_workflows.sync.activities import SyncActivities
+from nexpo_workflows.sync.workflow import DataSyncWorkflow
 from nexpo_workflows.users.steps import UserActivities, UserSteps
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
 
@@ -30,6 +32,7 @@ WORKFLOWS: Sequence[type] = (
     ProvisionResourcesWorkflow,
     DeprovisionResourcesWorkflow,
     FailoverWorkflow,
+    DataSyncWorkflow,
 )
 WORKFLOW_NAMES: frozenset[str] = frozenset(
     defn.name for defn in map(workflow._Definition.must_from_class, WORKFLOWS) if defn.name
@@ -47,4 +50,5 @@ def activities(services: Services) -> list[Callable[..., Any]]:
         *replication.all(),
         *ProvisioningActivities(services).all(),
         *FailoverActivities(services).all(),
+        *SyncActivities(services).all(),
     ]

@@ -175,7 +175,7 @@ class SQLProvider(DatabaseProvider):
             engine, self._engine = self._engine, None
             await engine.dispose()
 
-    async def _ready_engine(self) -> AsyncEngine:
+    async def ready_engine(self) -> AsyncEngine:
         await self.connect()
         assert self._engine is not None
         return self._engine
@@ -184,7 +184,7 @@ class SQLProvider(DatabaseProvider):
         return ProviderUnavailableError(f"{self.name}: {first_line(error)}")
 
     async def ping(self) -> None:
-        engine = await self._ready_engine()
+        engine = await self.ready_engine()
         try:
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
@@ -192,7 +192,7 @@ class SQLProvider(DatabaseProvider):
             raise self._unavailable(error) from error
 
     async def create_user(self, user: UserRecord) -> None:
-        engine = await self._ready_engine()
+        engine = await self.ready_engine()
         try:
             async with engine.begin() as connection:
                 await connection.execute(UserStatements.insert_user(user))
@@ -205,7 +205,7 @@ class SQLProvider(DatabaseProvider):
             raise DuplicateEmailError(f"{self.name}: a user with email {user.email} exists")
 
     async def get_user(self, user_id: str) -> UserRecord | None:
-        engine = await self._ready_engine()
+        engine = await self.ready_engine()
         try:
             async with engine.connect() as connection:
                 row = (await connection.execute(UserStatements.select_user(user_id))).first()
@@ -219,7 +219,7 @@ class SQLProvider(DatabaseProvider):
         return UserRecord.model_validate(values)
 
     async def delete_user(self, user_id: str) -> bool:
-        engine = await self._ready_engine()
+        engine = await self.ready_engine()
         try:
             async with engine.begin() as connection:
                 result = await connection.execute(UserStatements.delete_user(user_id))
@@ -230,7 +230,7 @@ class SQLProvider(DatabaseProvider):
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
         if not records:
             return
-        engine = await self._ready_engine()
+        engine = await self.ready_engine()
         rows = [{"dataset": dataset, **record.model_dump()} for record in records]
         upsert = RecordStatements.upsert(engine.dialect)
         try:
@@ -247,7 +247,7 @@ class SQLProvider(DatabaseProvider):
     async def _select_in_chunks(
         self, statement: Any, dataset: str, ids: Sequence[str]
     ) -> list[dict[str, Any]]:
-        engine = await self._ready_engine()
+        engine = await self.ready_engine()
         found: list[dict[str, Any]] = []
         try:
             async with engine.connect() as connection:
@@ -267,7 +267,7 @@ class SQLProvider(DatabaseProvider):
         return [RecordVersion.model_validate(row) for row in rows]
 
     async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
-        engine = await self._ready_engine()
+        engine = await self.ready_engine()
         removed = 0
         try:
             async with engine.begin() as connection:

@@ -1,0 +1,289 @@
+"""The sync activities: plan, detect changes, validate, write to a target, verify.
+
+Rows never pass through workflow history: each step reads its batch's key range from the
+source again (a keyset range query, cheap next to the writes), so history holds only bounds
+and counts, whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from nexpo_workflows.errors import first_line
+from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, ProviderUnavailableError
+from nexpo_workflows.providers.base import RecordVersion
+from nexpo_workflows.providers.sql import SQLProvider
+from nexpo_workflows.services import Services
+from nexpo_workflows.sync.datasets import (
+    QUARANTINE_PREFIX,
+    WATERMARKS_DATASET,
+    DatasetConfigError,
+    RowValidator,
+    find_dataset,
+)
+from nexpo_workflows.sync.models import (
+    BatchInput,
+    ChangeBatch,
+    DatasetConfig,
+    DetectChangesInput,
+    LoadWatermarkInput,
+    PlanSyncInput,
+    SyncBatchInput,
+    SyncPlan,
+    TargetMismatch,
+    TargetWrite,
+    ValidationOutcome,
+    VerifyInput,
+    VerifyOutcome,
+    Watermark,
+)
+from nexpo_workflows.sync.source import SourceConfigError, SourceRow, SourceTable
+
+BAD_DATASET = "BadDatasetConfig"
+PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+_AS_JSON = RowValidator(None)
+
+
+def checksum(versions: Iterable[RecordVersion]) -> str:
+    """SHA-256 over the sorted (id, version, tombstone) triples of a range."""
+    digest = hashlib.sha256()
+    for item in sorted(versions, key=lambda v: v.id):
+        digest.update(f"{item.id}\x1f{item.version}\x1f{int(item.deleted)}\n".encode())
+    return digest.hexdigest()
+
+
+def _refusal(error: Exception) -> ApplicationError:
+    return ApplicationError(str(error), type=BAD_DATASET, non_retryable=True)
+
+
+def _unavailable(error: ProviderUnavailableError) -> ApplicationError:
+    return ApplicationError(str(error), type=PROVIDER_UNAVAILABLE)
+
+
+class SyncActivities:
+    def __init__(self, services: Services) -> None:
+        self._settings = services.settings
+        self._providers = services.providers
+        self._sources: dict[str, SourceTable] = {}
+        self._validators: dict[str, RowValidator] = {}
+
+    def _dataset(self, name: str) -> DatasetConfig:
+        try:
+            return find_dataset(self._settings, name)
+        except DatasetConfigError as error:
+            raise _refusal(error) from error
+
+    def _provider(self, name: str) -> DatabaseProvider:
+        if name not in self._providers:
+            raise _refusal(
+                DatasetConfigError(
+                    f"provider {name!r} is not enabled on this worker; "
+                    f"enabled: {sorted(self._providers)}"
+                )
+            )
+        return self._providers[name]
+
+    def _source(self, plan: SyncPlan) -> SourceTable:
+        if plan.dataset not in self._sources:
+            provider = self._provider(plan.source)
+            if not isinstance(provider, SQLProvider):
+                raise _refusal(DatasetConfigError(f"source {plan.source!r} is not a SQL provider"))
+            self._sources[plan.dataset] = SourceTable(provider, self._dataset(plan.dataset).source)
+        return self._sources[plan.dataset]
+
+    def _validator(self, dataset: str) -> RowValidator:
+        if dataset not in self._validators:
+            try:
+                self._validators[dataset] = RowValidator(self._dataset(dataset).row_schema)
+            except DatasetConfigError as error:
+                raise _refusal(error) from error
+        return self._validators[dataset]
+
+    async def _rows(self, plan: SyncPlan, batch: ChangeBatch) -> list[SourceRow]:
+        try:
+            return await self._source(plan).rows(batch.after, batch.last)
+        except SourceConfigError as error:
+            raise _refusal(error) from error
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+
+    @activity.defn(name="plan_sync")
+    async def plan_sync(self, input: PlanSyncInput) -> SyncPlan:
+        dataset = self._dataset(input.dataset)
+        source = dataset.source.provider
+        self._provider(source)
+        targets = dataset.targets
+        if targets is None:
+            targets = [name for name in self._providers if name != source]
+        for target in targets:
+            self._provider(target)
+        if source in targets or not targets:
+            raise _refusal(
+                DatasetConfigError(f"dataset {dataset.name!r} needs targets other than {source}")
+            )
+        self._validator(dataset.name)
+        return SyncPlan(
+            dataset=dataset.name,
+            source=source,
+            targets=targets,
+            batch_size=dataset.batch_size or self._settings.sync_batch_size,
+            repair_attempts=self._settings.sync_repair_attempts,
+            batches_per_run=self._settings.sync_batches_per_run,
+            step_deadline_seconds=self._settings.sync_step_deadline_seconds,
+        )
+
+    @activity.defn(name="load_watermark")
+    async def load_watermark(self, input: LoadWatermarkInput) -> Watermark | None:
+        """The last verified watermark of the dataset, kept in the source's records."""
+        source = self._provider(input.plan.source)
+        try:
+            stored = await source.get_records(WATERMARKS_DATASET, [input.plan.dataset])
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+        if not stored:
+            return None
+        return Watermark(version=stored[0].version, id=stored[0].data["id"])
+
+    @activity.defn(name="detect_changes")
+    async def detect_changes(self, input: DetectChangesInput) -> ChangeBatch:
+        """Record ``after`` as the verified watermark, then find the next batch after it."""
+        plan = input.plan
+        try:
+            if input.record and input.after is not None:
+                await self._provider(plan.source).upsert_records(
+                    WATERMARKS_DATASET,
+                    [
+                        DatasetRecord(
+                            id=plan.dataset,
+                            version=input.after.version,
+                            data={"id": input.after.id},
+                        )
+                    ],
+                )
+            keys = await self._source(plan).next_keys(input.after, plan.batch_size)
+        except SourceConfigError as error:
+            raise _refusal(error) from error
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+        return ChangeBatch(after=input.after, last=keys[-1] if keys else None, count=len(keys))
+
+    @activity.defn(name="validate_data")
+    async def validate_data(self, input: BatchInput) -> ValidationOutcome:
+        """Check each row against the dataset's schema; the invalid ones go to quarantine
+        with their reason (counted, never written to a target)."""
+        validate = self._validator(input.plan.dataset)
+        quarantine: list[DatasetRecord] = []
+        valid = 0
+        for row in await self._rows(input.plan, input.batch):
+            if row.deleted:
+                valid += 1  # a tombstone carries no fields to check
+                continue
+            try:
+                validate(row.data)
+            except ValidationError as error:
+                quarantine.append(
+                    DatasetRecord(
+                        id=row.id,
+                        version=row.version,
+                        data={"reason": _reason(error), "row": _AS_JSON(row.data)},
+                    )
+                )
+                continue
+            valid += 1
+        if quarantine:
+            try:
+                await self._provider(input.plan.source).upsert_records(
+                    QUARANTINE_PREFIX + input.plan.dataset, quarantine
+                )
+            except ProviderUnavailableError as error:
+                raise _unavailable(error) from error
+        return ValidationOutcome(
+            valid=valid,
+            quarantined=len(quarantine),
+            invalid_ids=[record.id for record in quarantine],
+        )
+
+    @activity.defn(name="sync_to_providers")
+    async def sync_to_providers(self, input: SyncBatchInput) -> TargetWrite:
+        """Write the batch's valid rows to one target in one bulk upsert (idempotent)."""
+        validate = self._validator(input.plan.dataset)
+        skip, only = set(input.skip_ids), set(input.only_ids or ())
+        records = [
+            DatasetRecord.model_construct(
+                id=row.id,
+                version=row.version,
+                deleted=row.deleted,
+                data={} if row.deleted else validate(row.data),
+            )
+            for row in await self._rows(input.plan, input.batch)
+            if row.id not in skip and (input.only_ids is None or row.id in only)
+        ]
+        activity.heartbeat(len(records))
+        try:
+            await self._provider(input.target).upsert_records(input.plan.dataset, records)
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+        return TargetWrite(target=input.target, written=len(records))
+
+    @activity.defn(name="verify_sync")
+    async def verify_sync(self, input: VerifyInput) -> VerifyOutcome:
+        """Compare the batch's range between the source and every target: count and checksum
+        over ids and versions; the differing ids of each target that does not match."""
+        plan, skip = input.plan, set(input.skip_ids)
+        try:
+            expected = [
+                v
+                for v in await self._source(plan).versions(input.batch.after, input.batch.last)
+                if v.id not in skip
+            ]
+            ids = [v.id for v in expected]
+            found = await asyncio.gather(
+                *(
+                    self._provider(target).record_versions(plan.dataset, ids)
+                    for target in plan.targets
+                )
+            )
+        except SourceConfigError as error:
+            raise _refusal(error) from error
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+        wanted = {v.id: v for v in expected}
+        mismatches = []
+        for target, versions in zip(plan.targets, found, strict=True):
+            held = {v.id: v for v in versions}
+            differing = [i for i, v in wanted.items() if held.get(i) != v]
+            if differing:
+                mismatches.append(
+                    TargetMismatch(
+                        target=target,
+                        source_count=len(expected),
+                        target_count=len(versions),
+                        source_checksum=checksum(expected),
+                        target_checksum=checksum(versions),
+                        ids=differing,
+                    )
+                )
+        return VerifyOutcome(mismatches=mismatches)
+
+    def all(self) -> list[Any]:
+        return [
+            self.plan_sync,
+            self.load_watermark,
+            self.detect_changes,
+            self.validate_data,
+            self.sync_to_providers,
+            self.verify_sync,
+        ]
+
+
+def _reason(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in error.errors()
+    ) or first_line(error)

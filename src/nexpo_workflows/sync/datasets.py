@@ -1,0 +1,92 @@
+"""The datasets a worker can sync: the built-in ones and those configured in SYNC_DATASETS."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from nexpo_workflows.config import Settings
+from nexpo_workflows.sync.models import DatasetConfig, SyncSource
+
+CONTENT_DATASET = "content"
+# Where a source keeps its quarantine and the verified watermark of each dataset (records of
+# the source provider, so they live and die with the data they describe).
+QUARANTINE_PREFIX = "quarantine_"
+WATERMARKS_DATASET = "nexpo_sync_watermarks"
+
+_ANY_FIELDS: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+
+class DatasetConfigError(Exception):
+    """A dataset is unknown, or its configuration names something that does not exist."""
+
+
+def builtin_datasets(settings: Settings) -> list[DatasetConfig]:
+    return [
+        # Users have no soft delete: offboarding removes them from every database itself.
+        DatasetConfig(
+            name="users",
+            source=SyncSource(
+                provider=settings.sync_source,
+                table="nexpo_users",
+                updated_at_column="created_at",
+                deleted_column=None,
+            ),
+            row_schema="nexpo_workflows.providers.base:UserRecord",
+        ),
+        # What the AI content pipeline published, from the source's records.
+        DatasetConfig(
+            name=CONTENT_DATASET,
+            source=SyncSource(
+                provider=settings.sync_source,
+                table="nexpo_records",
+                updated_at_column="version",
+                deleted_column="deleted",
+                data_column="data",
+                where={"dataset": CONTENT_DATASET},
+            ),
+        ),
+    ]
+
+
+def dataset_configs(settings: Settings) -> dict[str, DatasetConfig]:
+    """Every dataset by name; a configured one replaces a built-in of the same name."""
+    return {d.name: d for d in [*builtin_datasets(settings), *settings.sync_datasets]}
+
+
+def find_dataset(settings: Settings, name: str) -> DatasetConfig:
+    datasets = dataset_configs(settings)
+    if name not in datasets:
+        raise DatasetConfigError(f"no dataset {name!r}; configured: {sorted(datasets)}")
+    return datasets[name]
+
+
+class RowValidator:
+    """A dataset's schema: turns a source row's fields into the JSON every target stores."""
+
+    def __init__(self, row_schema: str | None) -> None:
+        self._model = _import_model(row_schema) if row_schema else None
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The fields as JSON values; raises pydantic's ValidationError when they are wrong."""
+        dumped: dict[str, Any]
+        if self._model is None:
+            dumped = _ANY_FIELDS.dump_python(data, mode="json")
+        else:
+            dumped = self._model.model_validate(data).model_dump(mode="json")
+        return dumped
+
+
+def _import_model(path: str) -> type[BaseModel]:
+    module, _, name = path.partition(":")
+    try:
+        model = getattr(import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise DatasetConfigError(
+            f"schema {path!r} cannot be imported (package.module:Model)"
+        ) from None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise DatasetConfigError(f"schema {path!r} is not a pydantic model")
+    return model

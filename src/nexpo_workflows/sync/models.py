@@ -1,0 +1,183 @@
+"""Configuration, inputs, outputs and progress of cross-database sync."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+
+
+class SyncSource(BaseModel):
+    """A table of a SQL provider that a dataset is read from, by keyset on
+    (``updated_at_column``, ``key_column``)."""
+
+    provider: str = "postgres"
+    table: str = Field(min_length=1, max_length=128)
+    key_column: str = "id"
+    # A timestamp (its microseconds since the epoch become the version) or an integer version.
+    updated_at_column: str = "updated_at"
+    # A boolean soft-delete flag: a true row travels as a tombstone. None: rows are never deleted.
+    deleted_column: str | None = "deleted"
+    # A JSON column holding the row's fields; None: every other column is a field.
+    data_column: str | None = None
+    # Only rows whose columns equal these values belong to the dataset.
+    where: dict[str, str] = Field(default_factory=dict)
+
+
+class DatasetConfig(BaseModel):
+    """One dataset kept consistent from its source to its targets."""
+
+    name: str = Field(pattern=DATASET_NAME_PATTERN)
+    source: SyncSource
+    # None: every enabled provider except the source's.
+    targets: list[str] | None = None
+    # "package.module:Model", a pydantic model a row's fields must satisfy; None: any fields.
+    row_schema: str | None = Field(default=None, alias="schema")
+    batch_size: int | None = Field(default=None, gt=0, le=100_000)
+
+    model_config = {"populate_by_name": True}
+
+
+class Watermark(BaseModel):
+    """The last (version, id) synced and verified: the next run reads what comes after."""
+
+    version: int
+    id: str
+
+
+class SyncPlan(BaseModel):
+    """The dataset as the worker's configuration resolves it, recorded in history."""
+
+    dataset: str
+    source: str
+    targets: list[str]
+    batch_size: int
+    repair_attempts: int
+    batches_per_run: int
+    step_deadline_seconds: float
+
+
+class SyncInput(BaseModel):
+    dataset: str = Field(pattern=DATASET_NAME_PATTERN)
+    # Ignore the stored watermark and sync everything again (a full resync).
+    full: bool = False
+    # Write nothing first: verify every range from the start and repair what differs (a
+    # target edited behind the sync's back); the stored watermark stays where it is.
+    audit: bool = False
+    # Set by the workflow itself when it continues as new.
+    carry: SyncProgress | None = None
+
+
+class PlanSyncInput(BaseModel):
+    dataset: str
+
+
+class LoadWatermarkInput(BaseModel):
+    plan: SyncPlan
+
+
+class SaveWatermarkInput(BaseModel):
+    plan: SyncPlan
+    watermark: Watermark
+
+
+class DetectChangesInput(BaseModel):
+    plan: SyncPlan
+    after: Watermark | None
+    # Store ``after`` as the dataset's verified watermark first (not in an audit).
+    record: bool = True
+
+
+class ChangeBatch(BaseModel):
+    """The next rows after ``after``, up to ``last`` inclusive (keys only; rows stay out of
+    history and each step reads the range again)."""
+
+    after: Watermark | None
+    last: Watermark | None
+    count: int
+
+
+class BatchInput(BaseModel):
+    plan: SyncPlan
+    batch: ChangeBatch
+
+
+class ValidationOutcome(BaseModel):
+    valid: int
+    quarantined: int
+    # Never written to targets; the quarantine holds each with its reason.
+    invalid_ids: list[str]
+
+
+class SyncBatchInput(BaseModel):
+    plan: SyncPlan
+    batch: ChangeBatch
+    target: str
+    skip_ids: list[str] = Field(default_factory=list)
+    # A repair: write only these ids (None: the whole range).
+    only_ids: list[str] | None = None
+
+
+class TargetWrite(BaseModel):
+    target: str
+    written: int
+
+
+class VerifyInput(BaseModel):
+    plan: SyncPlan
+    batch: ChangeBatch
+    skip_ids: list[str] = Field(default_factory=list)
+
+
+class TargetMismatch(BaseModel):
+    target: str
+    source_count: int
+    target_count: int
+    source_checksum: str
+    target_checksum: str
+    # Ids whose version or tombstone differs, or that are missing on the target.
+    ids: list[str]
+
+
+class VerifyOutcome(BaseModel):
+    mismatches: list[TargetMismatch]
+
+
+class SyncPhase(StrEnum):
+    PLANNING = "planning"
+    DETECTING = "detecting"
+    VALIDATING = "validating"
+    SYNCING = "syncing"
+    VERIFYING = "verifying"
+    REPAIRING = "repairing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class SyncProgress(BaseModel):
+    dataset: str = ""
+    phase: SyncPhase = SyncPhase.PLANNING
+    rows_seen: int = 0
+    rows_synced: int = 0
+    rows_quarantined: int = 0
+    rows_repaired: int = 0
+    batches: int = 0
+    watermark: Watermark | None = None
+    runs: int = 1
+
+
+class SyncStatus(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    # A scheduled start that found a run of the dataset going on.
+    SKIPPED = "skipped"
+
+
+class SyncResult(BaseModel):
+    dataset: str
+    status: SyncStatus
+    progress: SyncProgress
+    # Rows that still differed after the bounded repair, by target.
+    unrepaired: list[TargetMismatch] = Field(default_factory=list)

@@ -1,0 +1,223 @@
+"""DataSyncWorkflow: detect, validate, sync and verify a dataset batch by batch.
+
+The watermark moves only past a verified batch, so a run interrupted anywhere (a worker
+killed, a target down) resumes from the last verified range: every step is idempotent and a
+range is rewritten whole, hence no duplicate and no gap. Runs continue as new every
+``batches_per_run`` batches, so history stays bounded whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+
+with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows.sync.models import (
+        BatchInput,
+        ChangeBatch,
+        DetectChangesInput,
+        LoadWatermarkInput,
+        PlanSyncInput,
+        SyncBatchInput,
+        SyncInput,
+        SyncPhase,
+        SyncPlan,
+        SyncProgress,
+        SyncResult,
+        SyncStatus,
+        TargetMismatch,
+        TargetWrite,
+        ValidationOutcome,
+        VerifyInput,
+        VerifyOutcome,
+        Watermark,
+    )
+    from nexpo_workflows.workflow_errors import raise_refusal
+
+SYNC_VERIFICATION_FAILED = "SyncVerificationFailed"
+# Ids named in a failure report: enough to find the rows, bounded so the report stays small.
+REPORTED_IDS = 100
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    non_retryable_error_types=["BadDatasetConfig"],
+)
+STEP_TIMEOUT = timedelta(minutes=5)
+HEARTBEAT_TIMEOUT = timedelta(seconds=60)
+
+
+def sync_workflow_id(dataset: str) -> str:
+    """The one id every run of a dataset has: the server refuses a second one while the
+    first runs, so two runs of a dataset never overlap."""
+    return f"sync-{dataset}"
+
+
+@workflow.defn(name="DataSyncWorkflow")
+class DataSyncWorkflow:
+    @workflow.init
+    def __init__(self, input: SyncInput) -> None:
+        self._progress = (
+            input.carry.model_copy(deep=True)
+            if input.carry
+            else SyncProgress(dataset=input.dataset)
+        )
+        self._plan: SyncPlan | None = None
+
+    @workflow.query(name="progress")
+    def progress(self) -> SyncProgress:
+        return self._progress
+
+    @workflow.run
+    async def run(self, input: SyncInput) -> SyncResult:
+        if workflow.info().workflow_id != sync_workflow_id(input.dataset):
+            return await self._run_as_the_dataset_run(input)
+        try:
+            plan: SyncPlan = await workflow.execute_local_activity(
+                "plan_sync",
+                PlanSyncInput(dataset=input.dataset),
+                result_type=SyncPlan,
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+        except ActivityError as error:
+            raise_refusal(error)
+        self._plan = plan
+        progress = self._progress
+        if input.carry is None and not (input.full or input.audit):
+            progress.watermark = await self._step(
+                "load_watermark", LoadWatermarkInput(plan=plan), Watermark | None
+            )
+        batches_this_run = 0
+        while True:
+            if batches_this_run >= plan.batches_per_run or (
+                workflow.info().is_continue_as_new_suggested()
+            ):
+                progress.runs += 1
+                workflow.continue_as_new(input.model_copy(update={"carry": progress}))
+            progress.phase = SyncPhase.DETECTING
+            batch: ChangeBatch = await self._step(
+                "detect_changes",
+                DetectChangesInput(plan=plan, after=progress.watermark, record=not input.audit),
+                ChangeBatch,
+            )
+            if batch.count == 0:
+                break
+            await self._sync_batch(plan, batch, write=not input.audit)
+            batches_this_run += 1
+        progress.phase = SyncPhase.DONE
+        workflow.logger.info(
+            "sync %s: %d rows synced, %d quarantined, %d repaired",
+            input.dataset,
+            progress.rows_synced,
+            progress.rows_quarantined,
+            progress.rows_repaired,
+        )
+        return SyncResult(dataset=input.dataset, status=SyncStatus.COMPLETED, progress=progress)
+
+    async def _run_as_the_dataset_run(self, input: SyncInput) -> SyncResult:
+        """A scheduled start (its id has the schedule's suffix): run under the dataset's one
+        id, or skip when a run of the dataset is already going on."""
+        try:
+            result: SyncResult = await workflow.execute_child_workflow(
+                DataSyncWorkflow.run,
+                input,
+                id=sync_workflow_id(input.dataset),
+                parent_close_policy=workflow.ParentClosePolicy.TERMINATE,
+            )
+        except WorkflowAlreadyStartedError:
+            workflow.logger.info("sync %s: a run is in progress; skipped", input.dataset)
+            return SyncResult(
+                dataset=input.dataset, status=SyncStatus.SKIPPED, progress=self._progress
+            )
+        return result
+
+    async def _step(self, activity: str, arg: Any, result_type: Any) -> Any:
+        assert self._plan is not None
+        try:
+            return await workflow.execute_activity(
+                activity,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=STEP_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                schedule_to_close_timeout=timedelta(seconds=self._plan.step_deadline_seconds),
+                retry_policy=STEP_RETRY,
+            )
+        except ActivityError as error:
+            raise_refusal(error)
+
+    async def _write(
+        self,
+        plan: SyncPlan,
+        batch: ChangeBatch,
+        skip: list[str],
+        ids_by_target: dict[str, list[str] | None],
+    ) -> None:
+        """One bulk write per target, in parallel: a retry repeats only the failed target."""
+        await asyncio.gather(
+            *(
+                self._step(
+                    "sync_to_providers",
+                    SyncBatchInput(
+                        plan=plan, batch=batch, target=target, skip_ids=skip, only_ids=ids
+                    ),
+                    TargetWrite,
+                )
+                for target, ids in ids_by_target.items()
+            )
+        )
+
+    async def _sync_batch(self, plan: SyncPlan, batch: ChangeBatch, *, write: bool) -> None:
+        progress = self._progress
+        progress.phase = SyncPhase.VALIDATING
+        validation: ValidationOutcome = await self._step(
+            "validate_data", BatchInput(plan=plan, batch=batch), ValidationOutcome
+        )
+        skip = validation.invalid_ids
+        if write:
+            progress.phase = SyncPhase.SYNCING
+            await self._write(plan, batch, skip, dict.fromkeys(plan.targets))
+        progress.phase = SyncPhase.VERIFYING
+        mismatches = await self._verify(plan, batch, skip)
+        for _ in range(plan.repair_attempts):
+            if not mismatches:
+                break
+            progress.phase = SyncPhase.REPAIRING
+            progress.rows_repaired += sum(len(m.ids) for m in mismatches)
+            await self._write(plan, batch, skip, {m.target: m.ids for m in mismatches})
+            progress.phase = SyncPhase.VERIFYING
+            mismatches = await self._verify(plan, batch, skip)
+        if mismatches:
+            progress.phase = SyncPhase.FAILED
+            result = SyncResult(
+                dataset=plan.dataset,
+                status=SyncStatus.FAILED,
+                progress=progress,
+                unrepaired=[m.model_copy(update={"ids": m.ids[:REPORTED_IDS]}) for m in mismatches],
+            )
+            named = "; ".join(f"{m.target}: {', '.join(m.ids[:10])}" for m in mismatches)
+            raise ApplicationError(
+                f"sync {plan.dataset}: rows still differ after {plan.repair_attempts} "
+                f"repairs ({named})",
+                result.model_dump(mode="json"),
+                type=SYNC_VERIFICATION_FAILED,
+                non_retryable=True,
+            )
+        progress.rows_seen += batch.count
+        progress.rows_quarantined += validation.quarantined
+        progress.rows_synced += validation.valid
+        progress.batches += 1
+        progress.watermark = batch.last
+
+    async def _verify(
+        self, plan: SyncPlan, batch: ChangeBatch, skip: list[str]
+    ) -> list[TargetMismatch]:
+        outcome: VerifyOutcome = await self._step(
+            "verify_sync", VerifyInput(plan=plan, batch=batch, skip_ids=skip), VerifyOutcome
+        )
+        return outcome.mismatches

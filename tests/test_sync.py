@@ -1,0 +1,279 @@
+"""DataSyncWorkflow on a real Temporal server, PostgreSQL as the source, real targets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from pydantic import BaseModel, Field
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from nexpo_workflows.config import Settings
+from nexpo_workflows.providers import RecordVersion, enabled_providers
+from nexpo_workflows.services import Services
+from nexpo_workflows.sync.activities import checksum
+from nexpo_workflows.sync.datasets import QUARANTINE_PREFIX
+from nexpo_workflows.sync.models import SyncInput, SyncResult, SyncStatus
+from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
+from nexpo_workflows.worker import build_worker
+from tests.faults import FaultyProvider
+from tests.servers.postgres import fresh_database
+
+DATASET = "items"
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Item(BaseModel):
+    """The schema rows of the test dataset must satisfy."""
+
+    id: str
+    name: str = Field(min_length=1)
+    price: Decimal = Field(ge=0)
+    updated_at: datetime
+
+
+@pytest.fixture
+async def source_url() -> AsyncIterator[str]:
+    async with fresh_database() as url:
+        connection = await asyncpg.connect(url)
+        await connection.execute(
+            "CREATE TABLE items (id text PRIMARY KEY, name text NOT NULL, price numeric NOT NULL,"
+            " updated_at timestamptz NOT NULL, deleted boolean NOT NULL DEFAULT false)"
+        )
+        await connection.close()
+        yield url
+
+
+class Source:
+    """Writes to the source table as an application would."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.clock = START
+
+    def tick(self) -> datetime:
+        self.clock += timedelta(milliseconds=1)
+        return self.clock
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        connection = await asyncpg.connect(self.url)
+        try:
+            await connection.execute(sql, *args)
+        finally:
+            await connection.close()
+
+    async def insert(self, count: int, *, price: str = "9.50", prefix: str = "item") -> list[str]:
+        ids = [f"{prefix}-{n:05d}" for n in range(count)]
+        connection = await asyncpg.connect(self.url)
+        try:
+            await connection.executemany(
+                "INSERT INTO items (id, name, price, updated_at) VALUES ($1, $2, $3, $4)",
+                [(i, f"name of {i}", Decimal(price), self.tick()) for i in ids],
+            )
+        finally:
+            await connection.close()
+        return ids
+
+    async def update(self, item_id: str, **values: Any) -> None:
+        sets = ", ".join(f"{name} = ${n + 2}" for n, name in enumerate(values))
+        await self.execute(
+            f"UPDATE items SET {sets}, updated_at = ${len(values) + 2} WHERE id = $1",
+            item_id,
+            *values.values(),
+            self.tick(),
+        )
+
+    async def versions(self) -> list[RecordVersion]:
+        connection = await asyncpg.connect(self.url)
+        try:
+            rows = await connection.fetch("SELECT id, updated_at, deleted FROM items")
+        finally:
+            await connection.close()
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        return [
+            RecordVersion(
+                id=row["id"],
+                version=(row["updated_at"] - epoch) // timedelta(microseconds=1),
+                deleted=row["deleted"],
+            )
+            for row in rows
+        ]
+
+
+@pytest.fixture
+def source(source_url: str) -> Source:
+    return Source(source_url)
+
+
+@pytest.fixture
+def sync_settings(make_settings: Callable[..., Settings], source_url: str) -> Settings:
+    return make_settings(
+        enable_postgres=True,
+        postgres_url=source_url,
+        enable_sqlite=True,
+        sync_batch_size=40,
+        sync_batches_per_run=3,
+        sync_step_deadline_seconds=60,
+        sync_datasets=[
+            {
+                "name": DATASET,
+                "source": {"provider": "postgres", "table": "items"},
+                "schema": "tests.test_sync:Item",
+            }
+        ],
+    )
+
+
+async def run_sync(client: Client, settings: Settings, **options: Any) -> SyncResult:
+    return await client.execute_workflow(
+        DataSyncWorkflow.run,
+        SyncInput(dataset=DATASET, **options),
+        id=sync_workflow_id(DATASET),
+        task_queue=settings.temporal_task_queue,
+    )
+
+
+async def target_checksum(settings: Settings, name: str, ids: list[str]) -> str:
+    provider = enabled_providers(settings)[name]
+    try:
+        return checksum(await provider.record_versions(DATASET, ids))
+    finally:
+        await provider.close()
+
+
+async def assert_targets_equal_source(settings: Settings, source: Source) -> None:
+    expected = await source.versions()
+    ids = [v.id for v in expected]
+    for target in ("sqlite",):
+        assert await target_checksum(settings, target, ids) == checksum(expected), target
+
+
+async def test_full_then_incremental_sync_with_deletes(
+    client: Client, sync_settings: Settings, source: Source
+) -> None:
+    ids = await source.insert(130)
+    services = Services.from_settings(sync_settings, client)
+    async with build_worker(client, services):
+        first = await run_sync(client, sync_settings)
+        assert first.status is SyncStatus.COMPLETED
+        assert first.progress.rows_synced == 130
+        # 130 rows in batches of 40, 3 batches per run: the run continued as new once.
+        assert first.progress.batches == 4
+        assert first.progress.runs == 2
+        await assert_targets_equal_source(sync_settings, source)
+
+        await source.update(ids[3], name="renamed")
+        await source.update(ids[7], deleted=True)
+        await source.insert(5, prefix="late")
+        second = await run_sync(client, sync_settings)
+        assert second.progress.rows_synced == 7
+        await assert_targets_equal_source(sync_settings, source)
+        sqlite = services.providers["sqlite"]
+        stored = {r.id: r for r in await sqlite.get_records(DATASET, [ids[3], ids[7]])}
+        assert stored[ids[3]].data["name"] == "renamed"
+        assert stored[ids[7]].deleted is True
+
+        nothing = await run_sync(client, sync_settings)
+        assert nothing.progress.rows_seen == 0
+    await services.close()
+
+
+async def test_invalid_rows_are_quarantined_not_synced(
+    client: Client, sync_settings: Settings, source: Source
+) -> None:
+    good = await source.insert(10)
+    bad = await source.insert(3, price="-1", prefix="bad")
+    services = Services.from_settings(sync_settings, client)
+    async with build_worker(client, services):
+        result = await run_sync(client, sync_settings)
+    assert result.progress.rows_quarantined == 3
+    assert result.progress.rows_synced == 10
+    sqlite, postgres = services.providers["sqlite"], services.providers["postgres"]
+    assert {r.id for r in await sqlite.get_records(DATASET, good + bad)} == set(good)
+    quarantined = await postgres.get_records(QUARANTINE_PREFIX + DATASET, bad)
+    assert {r.id for r in quarantined} == set(bad)
+    assert all("price" in r.data["reason"] for r in quarantined)
+    await services.close()
+
+
+async def test_a_lost_write_is_found_by_verify_and_repaired(
+    client: Client, sync_settings: Settings, source: Source
+) -> None:
+    await source.insert(20)
+    services = Services.from_settings(sync_settings, client)
+    losing = Services(
+        settings=sync_settings,
+        client=client,
+        providers={
+            **services.providers,
+            "sqlite": FaultyProvider(services.providers["sqlite"], lost_upserts=1),
+        },
+    )
+    async with build_worker(client, losing):
+        result = await run_sync(client, sync_settings)
+    assert result.progress.rows_repaired == 20
+    await assert_targets_equal_source(sync_settings, source)
+    await services.close()
+
+
+async def test_an_audit_repairs_a_drifted_target_row(
+    client: Client, sync_settings: Settings, source: Source
+) -> None:
+    ids = await source.insert(50)
+    services = Services.from_settings(sync_settings, client)
+    async with build_worker(client, services):
+        await run_sync(client, sync_settings)
+        # Somebody edits a target behind the sync's back; the source does not change, so
+        # only an audit (verify every range, repair what differs) can see it.
+        sqlite = services.providers["sqlite"]
+        drifted = (await sqlite.get_records(DATASET, [ids[2]]))[0]
+        await sqlite.upsert_records(DATASET, [drifted.model_copy(update={"version": 1})])
+        await sqlite.delete_records(DATASET, [ids[45]])
+        incremental = await run_sync(client, sync_settings)
+        assert incremental.progress.rows_seen == 0
+        audit = await run_sync(client, sync_settings, audit=True)
+    assert audit.progress.rows_repaired == 2
+    assert audit.progress.rows_seen == 50
+    await assert_targets_equal_source(sync_settings, source)
+    await services.close()
+
+
+async def test_a_target_that_stays_wrong_fails_the_run_naming_the_rows(
+    client: Client, sync_settings: Settings, source: Source
+) -> None:
+    ids = await source.insert(5)
+    services = Services.from_settings(sync_settings, client)
+    never_writes = FaultyProvider(services.providers["sqlite"], lost_upserts=10**9)
+    broken = Services(
+        settings=sync_settings,
+        client=client,
+        providers={**services.providers, "sqlite": never_writes},
+    )
+    async with build_worker(client, broken):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await run_sync(client, sync_settings)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "SyncVerificationFailed"
+    assert ids[0] in cause.message
+    report = SyncResult.model_validate(cause.details[0])
+    assert set(report.unrepaired[0].ids) == set(ids)
+    await services.close()
+
+
+async def test_an_unknown_dataset_is_refused(
+    client: Client, sync_settings: Settings, worker: None
+) -> None:
+    with pytest.raises(WorkflowFailureError) as failure:
+        await client.execute_workflow(
+            DataSyncWorkflow.run,
+            SyncInput(dataset="nope"),
+            id=sync_workflow_id("nope"),
+            task_queue=sync_settings.temporal_task_queue,
+        )
+    assert "no dataset 'nope'" in str(failure.value.cause)
