@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import json
+import signal
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from pydantic import BaseModel, Field
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.providers import RecordVersion, enabled_providers
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.activities import checksum
 from nexpo_workflows.sync.datasets import QUARANTINE_PREFIX
-from nexpo_workflows.sync.models import SyncInput, SyncResult, SyncStatus
+from nexpo_workflows.sync.models import SyncInput, SyncProgress, SyncResult, SyncStatus
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.worker import build_worker
 from tests.faults import FaultyProvider
 from tests.servers.postgres import fresh_database
+from tests.test_worker_processes import worker_process
 
 DATASET = "items"
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -277,3 +284,105 @@ async def test_an_unknown_dataset_is_refused(
             task_queue=sync_settings.temporal_task_queue,
         )
     assert "no dataset 'nope'" in str(failure.value.cause)
+
+
+async def test_a_target_down_mid_run_then_back(
+    client: Client, sync_settings: Settings, source: Source
+) -> None:
+    await source.insert(200)
+    services = Services.from_settings(sync_settings, client)
+    flaky = FaultyProvider(services.providers["sqlite"])
+    down = Services(
+        settings=sync_settings, client=client, providers={**services.providers, "sqlite": flaky}
+    )
+    async with build_worker(client, down):
+        handle = await client.start_workflow(
+            DataSyncWorkflow.run,
+            SyncInput(dataset=DATASET),
+            id=sync_workflow_id(DATASET),
+            task_queue=sync_settings.temporal_task_queue,
+        )
+        await wait_for(lambda: progress_of(handle, lambda p: p.batches >= 1))
+        flaky.upsert_down = True
+        calls = flaky.upsert_calls
+        await wait_for(lambda: at_least(lambda: flaky.upsert_calls >= calls + 2))
+        flaky.upsert_down = False
+        result: SyncResult = await handle.result()
+    assert result.status is SyncStatus.COMPLETED
+    assert result.progress.rows_synced == 200
+    await assert_targets_equal_source(sync_settings, source)
+    await services.close()
+
+
+ROWS = 1000
+
+
+async def test_a_worker_killed_mid_run_resumes_without_duplicates_or_gaps(
+    cli: list[str],
+    cli_env: dict[str, str],
+    client: Client,
+    sync_settings: Settings,
+    source: Source,
+    source_url: str,
+) -> None:
+    await source.insert(ROWS)
+    env = {
+        **cli_env,
+        "ENABLE_POSTGRES": "true",
+        "POSTGRES_URL": source_url,
+        "ENABLE_SQLITE": "true",
+        "SQLITE_PATH": str(sync_settings.sqlite_file),
+        "SYNC_BATCH_SIZE": str(ROWS // 20),
+        "SYNC_DATASETS": json.dumps(
+            [d.model_dump(by_alias=True) for d in sync_settings.sync_datasets]
+        ),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    handle = await client.start_workflow(
+        DataSyncWorkflow.run,
+        SyncInput(dataset=DATASET),
+        id=sync_workflow_id(DATASET),
+        task_queue=sync_settings.temporal_task_queue,
+    )
+    seen: list[SyncProgress] = []
+
+    def three_batches_done(progress: SyncProgress) -> bool:
+        seen.append(progress)
+        return progress.batches >= 3
+
+    async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="doomed") as doomed:
+        await wait_for(lambda: progress_of(handle, three_batches_done), 60)
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+    assert seen[-1].rows_synced < ROWS
+    async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="rescuer"):
+        result: SyncResult = await asyncio.wait_for(handle.result(), 120)
+    assert result.progress.rows_synced == ROWS
+    await assert_targets_equal_source(sync_settings, source)
+    with sqlite3.connect(sync_settings.sqlite_file) as db:
+        count, distinct = db.execute(
+            "SELECT count(*), count(DISTINCT id) FROM nexpo_records WHERE dataset = ?",
+            (DATASET,),
+        ).fetchone()
+    assert count == distinct == ROWS
+
+
+async def progress_of(
+    handle: WorkflowHandle[Any, SyncResult], condition: Callable[[SyncProgress], bool]
+) -> bool:
+    try:
+        return condition(await handle.query(DataSyncWorkflow.progress))
+    except (WorkflowQueryFailedError, RPCError):
+        return False  # no worker has run the workflow task yet
+
+
+async def at_least(condition: Callable[[], bool]) -> bool:
+    return condition()
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {seconds} s")
+        await asyncio.sleep(0.05)
