@@ -93,6 +93,30 @@ def _parse(response: LLMResponse, output: type[T]) -> T:
     return output.model_validate(json.loads(response.text))
 
 
+def _problem(error: ValueError) -> str:
+    """What was wrong, for the model to fix: a ValidationError's first line only counts them."""
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc']) or 'answer'}: {problem['msg']}"
+            for problem in error.errors()
+        )
+    return first_line(error)
+
+
+def _answer_again(
+    request: LLMRequest, response: LLMResponse, problem: str, name: str
+) -> LLMRequest:
+    """The conversation so far, the model's wrong answer included, and what to fix in it."""
+    answer = json.dumps(response.structured) if response.structured is not None else response.text
+    said = [ChatMessage(role="assistant", content=answer)] if answer.strip() else []
+    correction = ChatMessage(
+        role="user",
+        content=f"Your answer did not match the required schema ({problem}). "
+        f"Answer again with the {name} tool only.",
+    )
+    return request.model_copy(update={"messages": [*request.messages, *said, correction]})
+
+
 class StructuredAnswer(BaseModel):
     """The last response (model, stop reason, latency) with the usage of every attempt."""
 
@@ -117,20 +141,9 @@ async def ask_structured(
         usage.output_tokens += response.usage.output_tokens
         try:
             parsed = _parse(response, output)
-        except (ValidationError, ValueError) as error:
-            problem = first_line(error)
-            request = request.model_copy(
-                update={
-                    "messages": [
-                        *request.messages,
-                        ChatMessage(
-                            role="user",
-                            content=f"Your answer did not match the required schema "
-                            f"({problem}). Answer again with the {output.__name__} tool only.",
-                        ),
-                    ]
-                }
-            )
+        except ValueError as error:  # ValidationError and JSONDecodeError are ValueErrors
+            problem = _problem(error)
+            request = _answer_again(request, response, problem, output.__name__)
             continue
         return parsed, StructuredAnswer(response=response, usage=usage, attempts=attempt)
     raise ApplicationError(
