@@ -43,11 +43,14 @@ BIN_DIR = Path(sys.executable).parent
 
 # The gateway key the tests' settings accept (only its hash is in the settings).
 API_KEY = new_api_key()
+# The SMTP login password and the webhook signing secret the notifier tests configure.
+SMTP_PASSWORD = f"smtp-{uuid.uuid4().hex}"
+WEBHOOK_SECRET = f"whsec-{uuid.uuid4().hex}"
 
 # Every plaintext password a test submits, and every key or credential the tests configure:
 # test_zz_secrets_scan looks for them afterwards in histories, logs and metrics.
 SUBMITTED_PASSWORDS: set[str] = set()
-CREDENTIALS_IN_USE: set[str] = {API_KEY}
+CREDENTIALS_IN_USE: set[str] = {API_KEY, SMTP_PASSWORD, WEBHOOK_SECRET}
 LOG_LINES: list[str] = []
 METRICS_SCRAPED: list[str] = []
 

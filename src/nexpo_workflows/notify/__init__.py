@@ -7,11 +7,19 @@ from importlib import import_module
 from typing import NamedTuple
 
 from nexpo_workflows.config import Settings
-from nexpo_workflows.notify.base import Notification, Notifier, NotifierUnavailableError
+from nexpo_workflows.notify.base import (
+    NoRecipientsError,
+    Notification,
+    NotificationRejectedError,
+    Notifier,
+    NotifierUnavailableError,
+)
 
 __all__ = [
     "NOTIFIERS",
+    "NoRecipientsError",
     "Notification",
+    "NotificationRejectedError",
     "Notifier",
     "NotifierUnavailableError",
     "enabled_notifiers",

@@ -14,6 +14,22 @@ class NotifierUnavailableError(Exception):
     """The channel cannot be reached or answered with a transient error; retrying may help."""
 
 
+class NotificationRejectedError(Exception):
+    """The channel refused this notification for good (an SMTP 5xx reply, a webhook 4xx):
+    sending the same notification again cannot help. ``status`` is the reply code, if any."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class NoRecipientsError(ValueError):
+    """An email with no recipient: the notification names none and NOTIFY_EMAIL_TO is empty.
+
+    A configuration or request mistake, so not retryable.
+    """
+
+
 class Notification(BaseModel):
     """What happened, for people (subject/body, to ``recipients``) and machines (event/data).
 
@@ -41,7 +57,8 @@ class Notifier(ABC):
 
     @abstractmethod
     async def send(self, notification: Notification) -> None:
-        """Deliver once; raises NotifierUnavailableError when delivery may succeed later."""
+        """Deliver once; raises NotifierUnavailableError when delivery may succeed later,
+        NotificationRejectedError (or NoRecipientsError) when it never will."""
 
     async def close(self) -> None:  # noqa: B027 - most channels hold no connection
         """Release connections; safe to call twice."""
