@@ -38,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
     from nexpo_workflows.workflow_errors import raise_refusal
 
 ALREADY_ANSWERED = "ApprovalAlreadyGiven"
-ESCALATION_NOT_SENT = "EscalationNotSent"
 _MODEL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=60),
@@ -194,25 +193,18 @@ class AIDecisionWorkflow:
     async def _escalate(self, reason: str) -> None:
         assert self._proposal is not None
         decision = self._proposal.decision
-        try:
-            await workflow.execute_activity_method(
-                DecisionActivities.escalate_to_human,
-                EscalateInput(
-                    workflow_id=workflow.info().workflow_id,
-                    request=self._request,
-                    reason=reason,
-                    action_chosen=decision.action,
-                    rationale=decision.rationale,
-                ),
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=_ESCALATION_RETRY,
-            )
-        except ActivityError as error:
-            raise ApplicationError(
-                f"escalation not sent: {first_line(error.cause or error)}",
-                type=ESCALATION_NOT_SENT,
-                non_retryable=True,
-            ) from error
+        await workflow.execute_activity_method(
+            DecisionActivities.escalate_to_human,
+            EscalateInput(
+                workflow_id=workflow.info().workflow_id,
+                request=self._request,
+                reason=reason,
+                action_chosen=decision.action,
+                rationale=decision.rationale,
+            ),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=_ESCALATION_RETRY,
+        )
 
     @workflow.query(name="status")
     def status(self) -> DecisionStatus:
