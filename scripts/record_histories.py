@@ -20,12 +20,14 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 from tests.faults import FaultyProvider
+from tests.scripted_model import ScriptedModel
 from tests.servers.postgres import fresh_database
 from tests.servers.s3 import running_s3
 from tests.test_provisioning import FailingActivities
@@ -33,6 +35,13 @@ from tests.test_provisioning import FailingActivities
 from nexpo_workflows import registry
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
+from nexpo_workflows.decisions.models import (
+    ApprovalInput,
+    DecisionRequest,
+    DecisionResult,
+    DecisionStage,
+)
+from nexpo_workflows.decisions.workflow import AIDecisionWorkflow
 from nexpo_workflows.devserver import start_dev_server
 from nexpo_workflows.failover.models import (
     FailoverInput,
@@ -43,6 +52,9 @@ from nexpo_workflows.failover.models import (
 from nexpo_workflows.failover.workflow import FailoverWorkflow
 from nexpo_workflows.health.models import HealthCheckInput
 from nexpo_workflows.health.workflow import HealthCheckWorkflow
+from nexpo_workflows.llm import LanguageModel
+from nexpo_workflows.llm.offline import OfflineModel
+from nexpo_workflows.notify import enabled_notifiers
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import DatabaseProvider, enabled_providers
 from nexpo_workflows.provisioning.models import (
@@ -400,6 +412,65 @@ async def failover_promote_then_manual(lab: Lab, workflow_id: str) -> None:
             result_type=FailoverState,
         )
         await handle.terminate("recording done")
+
+
+@asynccontextmanager
+async def decision_worker(lab: Lab, model: LanguageModel) -> AsyncIterator[None]:
+    services = Services(
+        settings=lab.settings,
+        client=lab.client,
+        providers=enabled_providers(lab.settings),
+        language_model=model,
+        notifiers=enabled_notifiers(lab.settings),
+    )
+    try:
+        async with build_worker(lab.client, services, task_queue=lab.task_queue):
+            yield
+    finally:
+        await services.close()
+
+
+async def start_decision(lab: Lab, workflow_id: str) -> WorkflowHandle[Any, DecisionResult]:
+    request = DecisionRequest(
+        request_id=workflow_id,
+        customer_email="ada@example.com",
+        subject="My parcel arrived broken",
+        message="The teapot I ordered arrived in pieces.",
+        order_id="A-1001",
+        order_amount=Decimal("80.00"),
+    )
+    return await lab.client.start_workflow(
+        AIDecisionWorkflow.run, request, id=workflow_id, task_queue=lab.task_queue
+    )
+
+
+@case("AIDecisionWorkflow", "offline_refused_escalated")
+async def decision_offline(lab: Lab, workflow_id: str) -> None:
+    async with decision_worker(lab, OfflineModel()):
+        result = await (await start_decision(lab, workflow_id)).result()
+    expect(result.action_executed == "escalate", f"{workflow_id}: {result}")
+
+
+@case("AIDecisionWorkflow", "risky_refund_approved")
+async def decision_approved(lab: Lab, workflow_id: str) -> None:
+    model = ScriptedModel()
+    model.script(
+        "ModelDecision",
+        {"action": "refund", "parameters": {"amount": 30}, "risk": 0.9, "rationale": "broken"},
+    )
+    async with decision_worker(lab, model):
+        handle = await start_decision(lab, workflow_id)
+        for _ in range(100):
+            status = await handle.query(AIDecisionWorkflow.status)
+            if status.stage is DecisionStage.AWAITING_APPROVAL:
+                break
+            await asyncio.sleep(0.1)
+        await handle.execute_update(
+            "approve_decision",
+            ApprovalInput(approver="grace", approved=True, comments="recorded approval"),
+        )
+        result = await handle.result()
+    expect(result.action_executed == "refund", f"{workflow_id}: {result}")
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:

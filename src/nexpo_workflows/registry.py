@@ -7,6 +7,8 @@ from typing import Any
 
 from temporalio import workflow
 
+from nexpo_workflows.decisions.activities import DecisionActivities
+from nexpo_workflows.decisions.workflow import AIDecisionWorkflow
 from nexpo_workflows.failover.activities import FailoverActivities
 from nexpo_workflows.failover.workflow import FailoverWorkflow
 from nexpo_workflows.health.activities import HealthActivities
@@ -33,6 +35,7 @@ WORKFLOWS: Sequence[type] = (
     DeprovisionResourcesWorkflow,
     FailoverWorkflow,
     DataSyncWorkflow,
+    AIDecisionWorkflow,
 )
 WORKFLOW_NAMES: frozenset[str] = frozenset(
     defn.name for defn in map(workflow._Definition.must_from_class, WORKFLOWS) if defn.name
@@ -51,4 +54,5 @@ def activities(services: Services) -> list[Callable[..., Any]]:
         *ProvisioningActivities(services).all(),
         *FailoverActivities(services).all(),
         *SyncActivities(services).all(),
+        *DecisionActivities(services).all(),
     ]

@@ -1,0 +1,90 @@
+"""/api/decisions: the AI decision workflow (start, status, human approval)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Request, status
+from temporalio.service import RPCError
+
+from nexpo_workflows.api.deps import ClientDep, StateDep
+from nexpo_workflows.decisions.models import (
+    REQUEST_ID_PATTERN,
+    ApprovalInput,
+    DecisionRequest,
+    DecisionStatus,
+)
+from nexpo_workflows.decisions.service import (
+    ApprovalRefusedError,
+    DecisionExistsError,
+    DecisionNotFoundError,
+    DecisionService,
+)
+from nexpo_workflows.users.service import WorkflowAccepted
+
+router = APIRouter(prefix="/api/decisions", tags=["decisions"])
+
+RequestId = Annotated[str, Path(min_length=1, max_length=100, pattern=REQUEST_ID_PATTERN)]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No decision for this request id"},
+    503: {"description": "Temporal did not answer"},
+}
+
+
+def _service(client: ClientDep, state: StateDep) -> DecisionService:
+    return DecisionService(client, state.services.settings.temporal_task_queue)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WorkflowAccepted,
+    responses={409: {"description": "This request id already has a decision"}},
+)
+async def create_decision(
+    body: DecisionRequest, request: Request, client: ClientDep, state: StateDep
+) -> Any:
+    """Start AIDecisionWorkflow: the model chooses auto_reply, escalate or refund."""
+    try:
+        handle = await _service(client, state).start(body)
+    except DecisionExistsError as error:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, {"message": str(error), "workflowId": error.workflow_id}
+        ) from None
+    return WorkflowAccepted(
+        workflow_id=handle.id,
+        status_url=str(request.url_for("get_decision", request_id=body.request_id)),
+    ).model_dump(by_alias=True)
+
+
+@router.get("/{request_id}", response_model=DecisionStatus, responses=_NOT_FOUND)
+async def get_decision(request_id: RequestId, client: ClientDep, state: StateDep) -> Any:
+    """Stage, the model's choice, its validation, the approval and the result."""
+    try:
+        return await _service(client, state).status(request_id)
+    except DecisionNotFoundError as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except RPCError as error:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
+
+
+@router.post(
+    "/{request_id}/approval",
+    response_model=DecisionStatus,
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "Not awaiting approval, or no approver named"},
+    },
+)
+async def approve_decision(
+    request_id: RequestId, body: ApprovalInput, client: ClientDep, state: StateDep
+) -> Any:
+    """A person approves (`approved: true`) or rejects a risky choice; rejected: escalated."""
+    try:
+        return await _service(client, state).approve(request_id, body)
+    except DecisionNotFoundError as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except ApprovalRefusedError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    except RPCError as error:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error

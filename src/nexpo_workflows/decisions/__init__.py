@@ -1,0 +1,1 @@
+"""AI decisions: Claude chooses the next step of a support request from an allowed set."""
