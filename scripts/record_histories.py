@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ from nexpo_workflows.replication.models import ReplicateInput
 from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.services import Services
 from nexpo_workflows.storage import enabled_stores
+from nexpo_workflows.sync.models import SyncInput, SyncResult, SyncStatus
+from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.users.models import (
     OffboardingInput,
     OnboardingInput,
@@ -160,9 +163,9 @@ def onboarding(user: int, **options: Any) -> OnboardingInput:
     )
 
 
-# The function records the workflow whose id is the case's workflow_id(); others it starts
-# only to prepare that one.
-Case = Callable[[Lab, str], Awaitable[None]]
+# The function records the workflow whose id is the case's workflow_id(), or the id it returns
+# (a workflow whose id is fixed by its type); others it starts only to prepare that one.
+Case = Callable[[Lab, str], Awaitable[str | None]]
 CASES: dict[tuple[str, str], Case] = {}
 
 
@@ -473,6 +476,37 @@ async def decision_approved(lab: Lab, workflow_id: str) -> None:
     expect(result.action_executed == "refund", f"{workflow_id}: {result}")
 
 
+async def sync_users(lab: Lab, workflow_id: str) -> SyncResult:
+    """Two users in PostgreSQL synced to SQLite in batches of one."""
+    lab = Lab(lab.client, lab.settings.model_copy(update={"sync_batch_size": 1}), lab.task_queue)
+    async with lab.worker() as providers:
+        for user in (1, 2):
+            record = onboarding(user).to_record("", datetime(2026, 1, user, tzinfo=UTC))
+            await providers["postgres"].create_user(record)
+        result: SyncResult = await lab.client.execute_workflow(
+            DataSyncWorkflow.run,
+            SyncInput(dataset="users", full=True),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+    return result
+
+
+@case("DataSyncWorkflow", "two_batches")
+async def sync_two_batches(lab: Lab, workflow_id: str) -> str:
+    own_id = sync_workflow_id("users")
+    result = await sync_users(lab, own_id)
+    expect(result.progress.rows_synced == 2 and result.progress.batches == 2, f"{result}")
+    return own_id
+
+
+@case("DataSyncWorkflow", "scheduled_start")
+async def sync_scheduled_start(lab: Lab, workflow_id: str) -> None:
+    # A start under another id (a schedule's) runs the dataset's run as a child.
+    result = await sync_users(lab, workflow_id)
+    expect(result.status is SyncStatus.COMPLETED, f"{workflow_id}: {result}")
+
+
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
@@ -509,7 +543,7 @@ async def record(selected: list[tuple[str, str]]) -> None:
         for workflow_type, name in selected:
             recorded_id = workflow_id(workflow_type, name)
             lab = Lab(client, settings, task_queue=f"record-{recorded_id}")
-            await CASES[workflow_type, name](lab, recorded_id)
+            recorded_id = await CASES[workflow_type, name](lab, recorded_id) or recorded_id
             history = await client.get_workflow_handle(recorded_id).fetch_history()
             started = history.events[0].workflow_execution_started_event_attributes
             expect(

@@ -8,11 +8,8 @@ asked for); a refused request is not, and fails with the API's own message.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TypeVar
 
@@ -21,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from nexpo_workflows.errors import first_line
+from nexpo_workflows.heartbeats import heartbeating
 from nexpo_workflows.llm.base import (
     ChatMessage,
     LanguageModel,
@@ -36,26 +34,6 @@ T = TypeVar("T", bound=BaseModel)
 LLM_UNAVAILABLE = "LLMUnavailable"
 LLM_REQUEST_REFUSED = "LLMRequestRefused"
 INVALID_MODEL_ANSWER = "InvalidModelAnswer"
-# Heartbeats while a call runs: a cancelled workflow is seen within this, and the call stops.
-HEARTBEAT_SECONDS = 2.0
-
-
-@contextlib.asynccontextmanager
-async def _heartbeating() -> AsyncIterator[None]:
-    if not activity.in_activity():
-        yield
-        return
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-
-    beating = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        beating.cancel()
 
 
 def _record(response: LLMResponse, outcome: str, latency_ms: float) -> None:
@@ -75,7 +53,7 @@ async def ask(model: LanguageModel, request: LLMRequest) -> LLMResponse:
     """One call, its errors turned into the ApplicationError Temporal should see."""
     started = time.perf_counter()
     try:
-        async with _heartbeating():
+        async with heartbeating():
             response = await model.complete(request)
     except LLMUnavailableError as error:
         delay = timedelta(seconds=error.retry_after) if error.retry_after else None

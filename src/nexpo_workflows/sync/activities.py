@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from nexpo_workflows.errors import first_line
+from nexpo_workflows.heartbeats import heartbeating
 from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, ProviderUnavailableError
 from nexpo_workflows.providers.base import RecordVersion
 from nexpo_workflows.providers.sql import SQLProvider
@@ -108,7 +109,8 @@ class SyncActivities:
 
     async def _rows(self, plan: SyncPlan, batch: ChangeBatch) -> list[SourceRow]:
         try:
-            return await self._source(plan).rows(batch.after, batch.last)
+            async with heartbeating("reading the source"):
+                return await self._source(plan).rows(batch.after, batch.last)
         except SourceConfigError as error:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:
@@ -225,9 +227,9 @@ class SyncActivities:
             for row in await self._rows(input.plan, input.batch)
             if row.id not in skip and (input.only_ids is None or row.id in only)
         ]
-        activity.heartbeat(len(records))
         try:
-            await self._provider(input.target).upsert_records(input.plan.dataset, records)
+            async with heartbeating(f"writing {len(records)} rows"):
+                await self._provider(input.target).upsert_records(input.plan.dataset, records)
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
         return TargetWrite(target=input.target, written=len(records))
@@ -244,12 +246,13 @@ class SyncActivities:
                 if v.id not in skip
             ]
             ids = [v.id for v in expected]
-            found = await asyncio.gather(
-                *(
-                    self._provider(target).record_versions(plan.dataset, ids)
-                    for target in plan.targets
+            async with heartbeating("reading the targets"):
+                found = await asyncio.gather(
+                    *(
+                        self._provider(target).record_versions(plan.dataset, ids)
+                        for target in plan.targets
+                    )
                 )
-            )
         except SourceConfigError as error:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:

@@ -49,7 +49,8 @@ STEP_RETRY = RetryPolicy(
     non_retryable_error_types=["BadDatasetConfig"],
 )
 STEP_TIMEOUT = timedelta(minutes=5)
-HEARTBEAT_TIMEOUT = timedelta(seconds=60)
+# Steps heartbeat every 2 s: a killed worker's step is retried elsewhere within this.
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 
 
 def sync_workflow_id(dataset: str) -> str:
