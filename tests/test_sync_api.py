@@ -65,7 +65,7 @@ async def stop_leftovers(client: Client, settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def gateway_on(client: Client, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def gateway_on(client: Client | None, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     services = Services.from_settings(settings, client)
     app = create_app(GatewayState(services, client, metrics_url=None))
     async with httpx.AsyncClient(
@@ -174,6 +174,15 @@ async def test_unknown_datasets_and_runs_are_404(
         never_ran = await http.get(f"/api/sync/{fresh}")
     assert never_ran.status_code == 404
     assert "has run" in never_ran.json()["detail"]
+
+
+async def test_without_temporal_the_routes_answer_503(sync_settings: Settings) -> None:
+    settings = sync_settings.model_copy(update={"enable_temporal": False})
+    async with gateway_on(None, settings) as http:
+        for method, path in (("POST", ""), ("GET", ""), ("GET", "/schedule")):
+            response = await http.request(method, f"/api/sync/{DATASET}{path}")
+            assert response.status_code == 503, (method, path)
+            assert "ENABLE_TEMPORAL is false" in response.json()["detail"]
 
 
 async def test_a_second_post_while_a_run_goes_on_is_409(
