@@ -8,15 +8,17 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import typer
 from pydantic import SecretStr, ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from temporalio.client import (
+    Client,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
@@ -38,8 +40,26 @@ from nexpo_workflows.devserver import DevServerError
 from nexpo_workflows.health.models import DependencyState, HealthReport
 from nexpo_workflows.health.run import HealthCheckUnavailableError
 from nexpo_workflows.ports import PortInUseError
-from nexpo_workflows.providers import ProviderUnavailableError
+from nexpo_workflows.providers import ProviderUnavailableError, enabled_provider_names
 from nexpo_workflows.services import Services
+from nexpo_workflows.sync.datasets import DatasetConfigError, dataset_configs, find_dataset
+from nexpo_workflows.sync.models import SyncInput, SyncProgress, SyncResult
+from nexpo_workflows.sync.runs import (
+    SyncAlreadyRunningError,
+    SyncFailedError,
+    SyncRunView,
+    current_progress,
+    start_sync,
+    sync_outcome,
+    sync_status,
+)
+from nexpo_workflows.sync.schedules import (
+    IntervalError,
+    ScheduleNotFoundError,
+    SyncSchedules,
+    SyncScheduleView,
+    parse_interval,
+)
 from nexpo_workflows.telemetry import configure_logging, create_runtime
 from nexpo_workflows.users.models import SagaResult
 from nexpo_workflows.users.service import (
@@ -551,6 +571,232 @@ def db_init() -> None:
     settings = _settings()
     for line in _run(create_schemas(settings)):
         out.print(line)
+
+
+# --- Cross-database sync ---------------------------------------------------------------------
+
+sync_app = typer.Typer(
+    help="Sync datasets across databases, now or on a schedule.", no_args_is_help=True
+)
+app.add_typer(sync_app, name="sync")
+# How often `sync run` asks the running workflow how far it got.
+_SYNC_POLL_SECONDS = 0.5
+
+
+def _sync_call(
+    dataset: str,
+    command: str,
+    call: Callable[[Client, Settings], Awaitable[T]],
+    *,
+    configured: bool = True,
+) -> T:
+    """Run ``call`` connected to Temporal; an unknown dataset exits 2 (``configured=False``:
+    not checked, so a schedule can be removed after its dataset left the configuration)."""
+    settings = _settings()
+    _require_temporal(settings, f"sync {command}")
+    if configured:
+        try:
+            find_dataset(settings, dataset)
+        except DatasetConfigError as error:
+            _fail(str(error), 2)
+
+    async def connected() -> T:
+        return await call(await connect(settings, runtime=create_runtime("")), settings)
+
+    try:
+        return _run(connected())
+    except (SyncAlreadyRunningError, ScheduleNotFoundError) as error:
+        _fail(str(error), 1)
+
+
+def _counts(progress: SyncProgress) -> str:
+    watermark = progress.watermark
+    return (
+        f"{progress.rows_seen} rows seen, {progress.rows_synced} synced, "
+        f"{progress.rows_quarantined} quarantined, {progress.rows_repaired} repaired"
+        + (f", watermark {watermark.version}/{watermark.id}" if watermark else "")
+    )
+
+
+@contextmanager
+def _progress_display(dataset: str) -> Iterator[Callable[[SyncProgress], None]]:
+    """A live bar on a terminal; otherwise (a log, a pipe) a line whenever progress moved."""
+    if out.is_terminal:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn(f"sync {dataset}"),
+            BarColumn(),
+            TextColumn("{task.fields[phase]}: {task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=out,
+        ) as bar:
+            task = bar.add_task(dataset, total=None, phase="starting", counts="")
+            yield lambda p: bar.update(task, phase=str(p.phase), counts=_counts(p))
+        return
+    shown: list[str] = []
+
+    def print_line(progress: SyncProgress) -> None:
+        line = f"sync {dataset} {progress.phase}: {_counts(progress)}"
+        if shown[-1:] != [line]:
+            shown.append(line)
+            out.print(line, soft_wrap=True, highlight=False)
+
+    yield print_line
+
+
+async def _follow(
+    client: Client, handle: WorkflowHandle[Any, SyncResult], dataset: str
+) -> SyncResult:
+    outcome = asyncio.ensure_future(sync_outcome(handle))
+    with _progress_display(dataset) as show:
+        while not outcome.done():
+            progress = await current_progress(client, dataset)
+            if progress is not None:
+                show(progress)
+            await asyncio.wait({outcome}, timeout=_SYNC_POLL_SECONDS)
+    return await outcome
+
+
+def _print_sync_result(result: SyncResult) -> None:
+    out.print(
+        f"sync {result.dataset}: {result.status}; {_counts(result.progress)}; "
+        f"{result.progress.batches} batches",
+        soft_wrap=True,
+        highlight=False,
+    )
+    if result.unrepaired:
+        table = Table(title="rows that still differ after repair")
+        for column in ("target", "source rows", "target rows", "ids"):
+            table.add_column(column)
+        for mismatch in result.unrepaired:
+            table.add_row(
+                mismatch.target,
+                str(mismatch.source_count),
+                str(mismatch.target_count),
+                ", ".join(mismatch.ids),
+            )
+        out.print(table)
+
+
+def _print_schedule(view: SyncScheduleView) -> None:
+    upcoming = f", next run {view.next_runs[0]:%Y-%m-%d %H:%M:%S %Z}" if view.next_runs else ""
+    state = "paused" if view.paused else "active"
+    out.print(
+        f"{view.schedule_id}: every {view.every}, {state}{upcoming} ({view.note})",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+@sync_app.command("run")
+def sync_run(
+    dataset: str,
+    full: bool = typer.Option(False, help="Ignore the watermark: sync every row again."),
+    audit: bool = typer.Option(
+        False, help="Write nothing new: verify every range and repair what differs."
+    ),
+    wait: bool = typer.Option(True, help="Follow the run with its progress until it ends."),
+) -> None:
+    """Sync a dataset now; exit 1 when rows still differ after repair (they are named)."""
+
+    async def run(client: Client, settings: Settings) -> SyncResult | str:
+        options = SyncInput(dataset=dataset, full=full, audit=audit)
+        handle = await start_sync(client, settings, options)
+        return await _follow(client, handle, dataset) if wait else handle.id
+
+    try:
+        outcome = _sync_call(dataset, "run", run)
+    except SyncFailedError as failed:
+        if failed.report is not None:
+            _print_sync_result(failed.report)
+        _fail(str(failed), 1)
+    if isinstance(outcome, str):
+        out.print(f"started workflow {outcome}")
+    else:
+        _print_sync_result(outcome)
+
+
+@sync_app.command("status")
+def sync_status_command(dataset: str) -> None:
+    """The progress of the dataset's current run, or the outcome of its last one (JSON)."""
+
+    async def status(client: Client, settings: Settings) -> SyncRunView | None:
+        return await sync_status(client, settings, dataset)
+
+    view = _sync_call(dataset, "status", status)
+    if view is None:
+        _fail(f"no sync of {dataset} has run", 1)
+    out.print_json(view.model_dump_json())
+
+
+@sync_app.command("schedule")
+def sync_schedule(
+    dataset: str,
+    every: str = typer.Option(..., help="30s, 5m, 1h, 1d or a sum such as 1h30m; at least 10s."),
+) -> None:
+    """Sync a dataset at an interval (a Temporal Schedule); run again to change it."""
+    try:
+        interval = parse_interval(every)
+    except IntervalError as error:
+        _fail(str(error), 2)
+
+    async def upsert(client: Client, settings: Settings) -> SyncScheduleView:
+        return await SyncSchedules(client, settings).upsert(dataset, interval)
+
+    _print_schedule(_sync_call(dataset, "schedule", upsert))
+
+
+@sync_app.command("pause")
+def sync_pause(dataset: str) -> None:
+    """Stop the schedule from starting runs (a run going on finishes)."""
+
+    async def pause(client: Client, settings: Settings) -> SyncScheduleView:
+        return await SyncSchedules(client, settings).pause(dataset, "paused from the CLI")
+
+    _print_schedule(_sync_call(dataset, "pause", pause))
+
+
+@sync_app.command("resume")
+def sync_resume(dataset: str) -> None:
+    """Let a paused schedule start runs again."""
+
+    async def resume(client: Client, settings: Settings) -> SyncScheduleView:
+        return await SyncSchedules(client, settings).resume(dataset, "resumed from the CLI")
+
+    _print_schedule(_sync_call(dataset, "resume", resume))
+
+
+@sync_app.command("unschedule")
+def sync_unschedule(dataset: str) -> None:
+    """Delete the dataset's schedule (a run going on finishes)."""
+
+    async def delete(client: Client, settings: Settings) -> None:
+        await SyncSchedules(client, settings).delete(dataset)
+
+    _sync_call(dataset, "unschedule", delete, configured=False)
+    out.print(f"schedule of {dataset} deleted", soft_wrap=True, highlight=False)
+
+
+@sync_app.command("datasets")
+def sync_datasets() -> None:
+    """The datasets this configuration can sync, with their source and targets."""
+    settings = _settings()
+    enabled = enabled_provider_names(settings)
+    table = Table()
+    for column in ("dataset", "source", "targets", "schema"):
+        table.add_column(column)
+    for dataset in dataset_configs(settings).values():
+        source = dataset.source.provider
+        targets = dataset.targets
+        if targets is None:  # every enabled provider but the source, as a worker resolves it
+            targets = [name for name in enabled if name != source]
+        table.add_row(
+            dataset.name,
+            f"{source}:{dataset.source.table}",
+            ", ".join(targets),
+            dataset.row_schema or "",
+        )
+    out.print(table)
 
 
 def _input_errors(error: ValidationError | json.JSONDecodeError) -> str:

@@ -1,0 +1,154 @@
+"""/api/sync: start a dataset's sync, follow it, and schedule it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Body, HTTPException, Path, Request, Response, status
+from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
+
+from nexpo_workflows.api.deps import ClientDep, StateDep
+from nexpo_workflows.api.routes.cloud import accepted
+from nexpo_workflows.sync.datasets import DatasetConfigError
+from nexpo_workflows.sync.models import DATASET_NAME_PATTERN, SyncInput
+from nexpo_workflows.sync.runs import SyncAlreadyRunningError, SyncRunView, start_sync, sync_status
+from nexpo_workflows.sync.schedules import (
+    ScheduleNotFoundError,
+    SyncSchedules,
+    SyncScheduleView,
+    parse_interval,
+)
+from nexpo_workflows.users.service import WorkflowAccepted
+
+router = APIRouter(prefix="/api/sync", tags=["sync"])
+
+DatasetPath = Annotated[str, Path(pattern=DATASET_NAME_PATTERN)]
+T = TypeVar("T")
+
+_NO_DATASET: dict[int | str, dict[str, Any]] = {404: {"description": "No such dataset"}}
+_NO_SCHEDULE: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such dataset, or it has no schedule"}
+}
+
+
+class SyncRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    full: bool = False
+    audit: bool = False
+
+
+def _interval(value: object) -> timedelta:
+    # Only the spelled-out form: pydantic would also take seconds or ISO 8601 durations.
+    if not isinstance(value, str):
+        raise ValueError("every must be a string such as 30s, 5m, 1h or 1d")
+    return parse_interval(value)
+
+
+class ScheduleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    every: Annotated[
+        timedelta,
+        BeforeValidator(_interval),
+        WithJsonSchema({"type": "string", "examples": ["30s", "5m", "1h30m", "1d"]}),
+    ]
+
+
+async def _answer(call: Awaitable[T]) -> T:
+    """The outcome of a sync operation, its refusals as 404 and 409."""
+    try:
+        return await call
+    except (DatasetConfigError, ScheduleNotFoundError) as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except SyncAlreadyRunningError as error:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, {"message": str(error), "workflowId": error.workflow_id}
+        ) from None
+
+
+@router.post(
+    "/{dataset}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WorkflowAccepted,
+    responses={**_NO_DATASET, 409: {"description": "A sync of this dataset is running"}},
+)
+async def start_dataset_sync(
+    dataset: DatasetPath,
+    request: Request,
+    client: ClientDep,
+    state: StateDep,
+    body: Annotated[SyncRequest | None, Body()] = None,
+) -> Any:
+    """Start DataSyncWorkflow for the dataset (`full`: ignore the watermark; `audit`: verify
+    and repair every range, write nothing else)."""
+    options = body or SyncRequest()
+    handle = await _answer(
+        start_sync(
+            client,
+            state.services.settings,
+            SyncInput(dataset=dataset, full=options.full, audit=options.audit),
+        )
+    )
+    return accepted(request, handle.id)
+
+
+@router.get(
+    "/{dataset}",
+    response_model=SyncRunView,
+    responses={404: {"description": "No such dataset, or it never ran"}},
+)
+async def get_dataset_sync(dataset: DatasetPath, client: ClientDep, state: StateDep) -> Any:
+    """The current run's progress, or the last run's result or failure."""
+    view = await _answer(sync_status(client, state.services.settings, dataset))
+    if view is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sync of {dataset} has run")
+    return view
+
+
+@router.put(
+    "/{dataset}/schedule",
+    response_model=SyncScheduleView,
+    responses={**_NO_DATASET, 422: {"description": "Not an interval, or shorter than 10s"}},
+)
+async def schedule_dataset_sync(
+    dataset: DatasetPath, body: ScheduleRequest, client: ClientDep, state: StateDep
+) -> Any:
+    """Sync the dataset every `every` (e.g. `30s`, `5m`, `1h`, `1d`); an existing schedule
+    gets the new interval and keeps its paused state."""
+    schedules = SyncSchedules(client, state.services.settings)
+    return await _answer(schedules.upsert(dataset, body.every))
+
+
+@router.get("/{dataset}/schedule", response_model=SyncScheduleView, responses=_NO_SCHEDULE)
+async def describe_dataset_schedule(
+    dataset: DatasetPath, client: ClientDep, state: StateDep
+) -> Any:
+    """Interval, paused or not, the next start times and the recent scheduled runs."""
+    return await _answer(SyncSchedules(client, state.services.settings).describe(dataset))
+
+
+@router.post("/{dataset}/schedule/pause", response_model=SyncScheduleView, responses=_NO_SCHEDULE)
+async def pause_dataset_schedule(dataset: DatasetPath, client: ClientDep, state: StateDep) -> Any:
+    """Stop starting runs (a run going on is not stopped)."""
+    schedules = SyncSchedules(client, state.services.settings)
+    return await _answer(schedules.pause(dataset, "paused through the gateway"))
+
+
+@router.post("/{dataset}/schedule/resume", response_model=SyncScheduleView, responses=_NO_SCHEDULE)
+async def resume_dataset_schedule(dataset: DatasetPath, client: ClientDep, state: StateDep) -> Any:
+    schedules = SyncSchedules(client, state.services.settings)
+    return await _answer(schedules.resume(dataset, "resumed through the gateway"))
+
+
+@router.delete(
+    "/{dataset}/schedule", status_code=status.HTTP_204_NO_CONTENT, responses=_NO_SCHEDULE
+)
+async def delete_dataset_schedule(
+    dataset: DatasetPath, client: ClientDep, state: StateDep
+) -> Response:
+    """Remove the schedule (a run it started goes on to its end)."""
+    await _answer(SyncSchedules(client, state.services.settings).delete(dataset))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
