@@ -219,7 +219,12 @@ async def running_worker(
             stderr=output,
         )
     try:
-        await wait_for_pollers(client, task_queue, worker)
+        try:
+            await wait_for_pollers(client, task_queue, worker)
+        except RuntimeError as error:
+            # The directory and its log are gone once the benchmark ends.
+            ending = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"{error}; the end of its log:\n{ending}") from None
         yield worker
     finally:
         if worker.returncode is None:
