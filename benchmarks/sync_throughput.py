@@ -223,7 +223,8 @@ async def running_worker(
             await wait_for_pollers(client, task_queue, worker)
         except RuntimeError as error:
             # The directory and its log are gone once the benchmark ends.
-            ending = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            text = await asyncio.to_thread(log.read_text, errors="replace")
+            ending = "\n".join(text.splitlines()[-20:])
             raise RuntimeError(f"{error}; the end of its log:\n{ending}") from None
         yield worker
     finally:
