@@ -169,12 +169,11 @@ class SyncActivities:
                         )
                     ],
                 )
-            keys = await self._source(plan).next_keys(input.after, plan.batch_size)
+            return await self._source(plan).next_batch(input.after, plan.batch_size)
         except SourceConfigError as error:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
-        return ChangeBatch(after=input.after, last=keys[-1] if keys else None, count=len(keys))
 
     @activity.defn(name="validate_data")
     async def validate_data(self, input: BatchInput) -> ValidationOutcome:

@@ -29,7 +29,7 @@ from sqlalchemy.sql import Select
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import ProviderUnavailableError, RecordVersion
 from nexpo_workflows.providers.sql import SQLProvider
-from nexpo_workflows.sync.models import SyncSource, Watermark
+from nexpo_workflows.sync.models import ChangeBatch, SyncSource, Watermark
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -115,11 +115,15 @@ class SourceTable:
         clauses: list[ColumnElement[bool]] = [
             table.c[name] == value for name, value in self._source.where.items()
         ]
+        # Each bound also as a plain range on the version, implied by the keyset condition:
+        # the OR alone is no index condition, so every batch would scan the rows before it.
         if after is not None:
             version, key_value = self._bound(table, after)
+            clauses.append(updated >= version)
             clauses.append(or_(updated > version, and_(updated == version, key > key_value)))
         if last is not None:
             version, key_value = self._bound(table, last)
+            clauses.append(updated <= version)
             clauses.append(or_(updated < version, and_(updated == version, key <= key_value)))
         return clauses
 
@@ -137,26 +141,30 @@ class SourceTable:
             table.c[self._source.updated_at_column], table.c[self._source.key_column]
         )
 
-    async def next_keys(self, after: Watermark | None, limit: int) -> list[Watermark]:
-        """(version, id) of the next ``limit`` rows after ``after``, in keyset order."""
+    async def next_batch(self, after: Watermark | None, limit: int) -> ChangeBatch:
+        """The next ``limit`` rows after ``after``, in keyset order: their count and last key."""
         table = await self._reflected()
         key, updated = table.c[self._source.key_column], table.c[self._source.updated_at_column]
         statement = self._ordered(
             table, select(updated, key).where(*self._range(table, after, None)).limit(limit)
         )
-        return [
-            Watermark(version=to_version(version), id=str(key_value))
-            for version, key_value in await self._fetch(statement)
-        ]
+        keys = await self._fetch(statement)
+        if not keys:
+            return ChangeBatch(after=after, last=None, count=0)
+        version, key_value = keys[-1]
+        last = Watermark(version=to_version(version), id=str(key_value))
+        return ChangeBatch(after=after, last=last, count=len(keys))
 
     async def rows(self, after: Watermark | None, last: Watermark | None) -> list[SourceRow]:
         """Every row in (after, last], with its fields as the source holds them."""
         table = await self._reflected()
         source = self._source
         statement = self._ordered(table, select(table).where(*self._range(table, after, last)))
+        # Names zipped with each row: Row._asdict() rebuilds its key view for every row.
+        names = table.c.keys()
         found = []
         for row in await self._fetch(statement):
-            values = row._asdict()
+            values = dict(zip(names, row, strict=True))
             deleted = bool(values.pop(source.deleted_column)) if source.deleted_column else False
             data = values[source.data_column] if source.data_column else values
             found.append(

@@ -1,0 +1,383 @@
+"""Sync throughput and worker memory against a raw bulk copy between the same two servers.
+
+Run from the repository root (after `bash scripts/test.sh` has installed everything):
+
+    PYTHONPATH=src .venv/bin/python -m benchmarks.sync_throughput \
+        [--rows 100000,1000000] [--targets sqlite,mongodb] [--batch-size 5000]
+
+For each number of rows, a fresh database on the test suite's PostgreSQL server holds a
+source table of ~200-byte rows (one in 50 a tombstone), filled by COPY. For each target:
+
+- ``raw``, the ceiling: the same rows read with asyncpg in keyset batches and written in bulk
+  (SQLite: ``executemany`` into a plain table, one transaction per batch, through aiosqlite;
+  MongoDB: unordered ``insert_many`` through PyMongo's async client, on SecantusDB);
+- ``sync``: DataSyncWorkflow for the dataset on an in-memory Temporal dev server, run by
+  ``nexpo-workflows worker`` in a process of its own, timed from start to result, with the
+  worker's peak RSS (VmHWM).
+
+Prints rows/s of both, their ratio (target: sync >= 0.5 x raw) and the worker's peak RSS, and
+per target the peak RSS of the largest size over the smallest's (target ~1: memory flat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import asyncpg
+from pymongo import AsyncMongoClient
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+from tests.servers.mongodb import running_mongodb
+from tests.servers.postgres import fresh_database
+
+from nexpo_workflows.client import connect
+from nexpo_workflows.config import Settings
+from nexpo_workflows.devserver import start_dev_server
+from nexpo_workflows.ports import free_port
+from nexpo_workflows.sync.models import SyncInput, SyncStatus
+from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(sys.executable).parent / "nexpo-workflows"
+TABLE = "items"
+COLUMNS = ("id", "name", "price", "description", "category", "updated_at", "deleted")
+START = datetime(2026, 1, 1, tzinfo=UTC)
+DESCRIPTION = (
+    "A sturdy, plain item of the benchmark catalogue, described at some length so that a row "
+    "weighs about what a product row of a real shop does."
+)
+CATEGORIES = ("tools", "garden", "kitchen", "books", "toys")
+TOMBSTONE_EVERY = 50
+WORKER_READY_TIMEOUT_SECONDS = 60.0
+
+RawWrite = Callable[[list[asyncpg.Record]], Awaitable[None]]
+
+
+def source_rows(count: int) -> Iterator[tuple[Any, ...]]:
+    for n in range(count):
+        yield (
+            f"item-{n:08d}",
+            f"name of item {n}",
+            Decimal(n % 100_000) / 100,
+            f"{n:08d} {DESCRIPTION}",
+            CATEGORIES[n % len(CATEGORIES)],
+            START + timedelta(milliseconds=n),
+            n % TOMBSTONE_EVERY == 0,
+        )
+
+
+async def fill_source(url: str, rows: int) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(
+            f"CREATE TABLE {TABLE} (id text PRIMARY KEY, name text NOT NULL,"
+            " price numeric NOT NULL, description text NOT NULL, category text NOT NULL,"
+            " updated_at timestamptz NOT NULL, deleted boolean NOT NULL DEFAULT false)"
+        )
+        await connection.copy_records_to_table(TABLE, records=source_rows(rows), columns=COLUMNS)
+        # What any source of a sync needs: the keyset the sync reads by, indexed.
+        await connection.execute(f"CREATE INDEX {TABLE}_keyset ON {TABLE} (updated_at, id)")
+        await connection.execute(f"ANALYZE {TABLE}")
+    finally:
+        await connection.close()
+
+
+def plain(row: asyncpg.Record) -> tuple[Any, ...]:
+    """A source row as JSON-like values: what the sync's targets receive too."""
+    return (
+        row["id"],
+        row["name"],
+        str(row["price"]),
+        row["description"],
+        row["category"],
+        row["updated_at"].isoformat(),
+        row["deleted"],
+    )
+
+
+@contextlib.asynccontextmanager
+async def sqlite_sink(path: Path) -> AsyncIterator[RawWrite]:
+    async with aiosqlite.connect(path) as database:
+        await database.execute(
+            f"CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, name TEXT NOT NULL, price TEXT NOT NULL,"
+            " description TEXT NOT NULL, category TEXT NOT NULL, updated_at TEXT NOT NULL,"
+            " deleted INTEGER NOT NULL)"
+        )
+        await database.commit()
+        insert = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 7)})"
+
+        async def write(rows: list[asyncpg.Record]) -> None:
+            await database.executemany(insert, [plain(row) for row in rows])
+            await database.commit()
+
+        yield write
+
+
+@contextlib.asynccontextmanager
+async def mongodb_sink(url: str, database: str) -> AsyncIterator[RawWrite]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
+    try:
+        collection = client[database][TABLE]
+
+        async def write(rows: list[asyncpg.Record]) -> None:
+            documents = [dict(zip(("_id", *COLUMNS[1:]), plain(row), strict=True)) for row in rows]
+            await collection.insert_many(documents, ordered=False)
+
+        yield write
+    finally:
+        await client.close()
+
+
+async def raw_copy(postgres_url: str, batch_size: int, write: RawWrite) -> float:
+    """Rows per second of a keyset read from PostgreSQL, each batch written by ``write``."""
+    connection = await asyncpg.connect(postgres_url)
+    query = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE id > $1 ORDER BY id LIMIT $2"
+    copied, last = 0, ""
+    try:
+        began = time.perf_counter()
+        while batch := await connection.fetch(query, last, batch_size):
+            await write(batch)
+            copied += len(batch)
+            last = batch[-1]["id"]
+        return copied / (time.perf_counter() - began)
+    finally:
+        await connection.close()
+
+
+def worker_environment(values: dict[str, str]) -> dict[str, str]:
+    """``values`` over the caller's environment without any of its nexpo settings, so only
+    what the benchmark sets configures the worker."""
+    known = {name.upper() for name in Settings.model_fields}
+    inherited = {k: v for k, v in os.environ.items() if k.upper() not in known}
+    # The worker imports the dataset's schema from this repository's benchmarks package.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return inherited | {"PYTHONPATH": path} | values
+
+
+async def wait_for_pollers(
+    client: Client, task_queue: str, worker: asyncio.subprocess.Process
+) -> None:
+    """Return once the worker polls for both workflow and activity tasks, so the timing
+    leaves out its start-up."""
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT_SECONDS
+    kinds = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+    while time.monotonic() < deadline:
+        if worker.returncode is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}")
+        described = [
+            await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=client.namespace,
+                    task_queue=TaskQueue(name=task_queue),
+                    task_queue_type=kind,
+                )
+            )
+            for kind in kinds
+        ]
+        if all(answer.pollers for answer in described):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"no worker polls {task_queue} after {WORKER_READY_TIMEOUT_SECONDS} s")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    client: Client, environment: dict[str, str], task_queue: str, log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    with log.open("ab") as output:
+        worker = await asyncio.create_subprocess_exec(
+            str(WORKER),
+            "worker",
+            env=environment,
+            cwd=log.parent,  # no .env of the repository is read
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        try:
+            await wait_for_pollers(client, task_queue, worker)
+        except RuntimeError as error:
+            # The directory and its log are gone once the benchmark ends.
+            text = await asyncio.to_thread(log.read_text, errors="replace")
+            ending = "\n".join(text.splitlines()[-20:])
+            raise RuntimeError(f"{error}; the end of its log:\n{ending}") from None
+        yield worker
+    finally:
+        if worker.returncode is None:
+            worker.terminate()
+            try:
+                await asyncio.wait_for(worker.wait(), 30)
+            except TimeoutError:
+                worker.kill()
+                await worker.wait()
+
+
+@dataclass
+class Figures:
+    raw_rate: float
+    sync_rate: float
+    peak_rss_mib: float
+
+
+@dataclass
+class Bench:
+    client: Client
+    temporal_address: str
+    data: Path
+    batch_size: int
+    mongodb_url: str | None
+
+    def target_settings(self, target: str, rows: int) -> dict[str, str]:
+        if target == "sqlite":
+            return {"ENABLE_SQLITE": "true", "SQLITE_PATH": str(self.data / f"sync-{rows}.db")}
+        assert self.mongodb_url is not None
+        return {
+            "ENABLE_SQLITE": "false",
+            "ENABLE_MONGODB": "true",
+            "MONGODB_URL": self.mongodb_url,
+            "MONGODB_DATABASE": f"bench_sync_{rows}",
+        }
+
+    def raw_sink(self, target: str, rows: int) -> contextlib.AbstractAsyncContextManager[RawWrite]:
+        if target == "sqlite":
+            return sqlite_sink(self.data / f"raw-{rows}.db")
+        assert self.mongodb_url is not None
+        return mongodb_sink(self.mongodb_url, f"bench_raw_{rows}")
+
+    async def sync(self, postgres_url: str, target: str, rows: int) -> tuple[float, float]:
+        """Rows per second of a full sync to ``target``, and the worker's peak RSS in MiB."""
+        dataset, task_queue = f"bench_{target}", f"bench-sync-{target}-{rows}"
+        dataset_config = {
+            "name": dataset,
+            "source": {"provider": "postgres", "table": TABLE},
+            "targets": [target],
+            "schema": "benchmarks.sync_item:SyncItem",
+        }
+        environment = worker_environment(
+            {
+                "ENABLE_TEMPORAL": "true",
+                "TEMPORAL_SERVER_URL": self.temporal_address,
+                "TEMPORAL_TASK_QUEUE": task_queue,
+                "DATA_DIR": str(self.data),
+                "ENABLE_POSTGRES": "true",
+                "POSTGRES_URL": postgres_url,
+                "SYNC_DATASETS": json.dumps([dataset_config]),
+                "SYNC_BATCH_SIZE": str(self.batch_size),
+                "METRICS_BIND_ADDRESS": "off",
+                **self.target_settings(target, rows),
+            }
+        )
+        log = self.data / f"worker-{target}-{rows}.log"
+        async with running_worker(self.client, environment, task_queue, log) as worker:
+            began = time.perf_counter()
+            result = await self.client.execute_workflow(
+                DataSyncWorkflow.run,
+                SyncInput(dataset=dataset),
+                id=sync_workflow_id(dataset),
+                task_queue=task_queue,
+            )
+            elapsed = time.perf_counter() - began
+            peak = peak_rss_mib(worker.pid)
+        if result.status is not SyncStatus.COMPLETED or result.progress.rows_synced != rows:
+            raise RuntimeError(f"the sync to {target} did not sync {rows} rows: {result}")
+        return rows / elapsed, peak
+
+    async def measure(self, target: str, rows: int, postgres_url: str) -> Figures:
+        async with self.raw_sink(target, rows) as write:
+            raw_rate = await raw_copy(postgres_url, self.batch_size, write)
+        sync_rate, peak = await self.sync(postgres_url, target, rows)
+        return Figures(raw_rate, sync_rate, peak)
+
+
+def load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def report(results: dict[tuple[str, int], Figures], batch_size: int, loads: list[str]) -> None:
+    print(f"PostgreSQL source, batch size {batch_size}; one dev server, one worker process")
+    print(f"load average (1, 5, 15 min): before {loads[0]}; after {loads[1]}")
+    header = f"{'target':8} {'rows':>9} {'raw rows/s':>11} {'sync rows/s':>12}"
+    print(f"{header} {'sync/raw':>9} {'worker peak RSS MiB':>20}")
+    for (target, rows), figures in results.items():
+        ratio = figures.sync_rate / figures.raw_rate
+        print(
+            f"{target:8} {rows:>9} {figures.raw_rate:11.0f} {figures.sync_rate:12.0f}"
+            f" {ratio:9.2f} {figures.peak_rss_mib:20.1f}"
+        )
+    sizes = sorted({rows for _, rows in results})
+    if len(sizes) > 1:
+        print(f"worker peak RSS, {sizes[-1]} rows over {sizes[0]} rows (target ~1):")
+        for target in dict.fromkeys(target for target, _ in results):
+            largest, smallest = results[target, sizes[-1]], results[target, sizes[0]]
+            print(f"  {target}: {largest.peak_rss_mib / smallest.peak_rss_mib:.2f}")
+
+
+async def main(sizes: list[int], targets: list[str], batch_size: int) -> None:
+    loads = [load()]
+    async with AsyncExitStack() as stack:
+        data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nexpo-sync-bench-")))
+        server = await start_dev_server(
+            host="127.0.0.1", port=free_port(), log_path=data / "temporal.log"
+        )
+        stack.push_async_callback(server.stop)
+        mongodb_url = (
+            await stack.enter_async_context(running_mongodb()) if "mongodb" in targets else None
+        )
+        client = await connect(
+            Settings(_env_file=None, enable_temporal=True, temporal_server_url=server.address)
+        )
+        bench = Bench(client, server.address, data, batch_size, mongodb_url)
+        results: dict[tuple[str, int], Figures] = {}
+        for rows in sizes:
+            async with fresh_database() as postgres_url:
+                await fill_source(postgres_url, rows)
+                for target in targets:
+                    results[target, rows] = await bench.measure(target, rows, postgres_url)
+    loads.append(load())
+    report(results, batch_size, loads)
+
+
+def numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+def names(text: str) -> list[str]:
+    chosen = text.split(",")
+    unknown = set(chosen) - {"sqlite", "mongodb"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown targets {sorted(unknown)}: sqlite, mongodb")
+    return chosen
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=numbers, default=[100_000, 1_000_000])
+    parser.add_argument("--targets", type=names, default=["sqlite", "mongodb"])
+    parser.add_argument("--batch-size", type=int, default=5000)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.rows, arguments.targets, arguments.batch_size))
