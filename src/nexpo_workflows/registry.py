@@ -7,6 +7,8 @@ from typing import Any
 
 from temporalio import workflow
 
+from nexpo_workflows.content.activities import ContentActivities
+from nexpo_workflows.content.workflow import AIContentPipelineWorkflow
 from nexpo_workflows.failover.activities import FailoverActivities
 from nexpo_workflows.failover.workflow import FailoverWorkflow
 from nexpo_workflows.health.activities import HealthActivities
@@ -30,6 +32,7 @@ WORKFLOWS: Sequence[type] = (
     ProvisionResourcesWorkflow,
     DeprovisionResourcesWorkflow,
     FailoverWorkflow,
+    AIContentPipelineWorkflow,
 )
 WORKFLOW_NAMES: frozenset[str] = frozenset(
     defn.name for defn in map(workflow._Definition.must_from_class, WORKFLOWS) if defn.name
@@ -47,4 +50,5 @@ def activities(services: Services) -> list[Callable[..., Any]]:
         *replication.all(),
         *ProvisioningActivities(services).all(),
         *FailoverActivities(services).all(),
+        *ContentActivities(services).all(),
     ]
