@@ -24,7 +24,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from nexpo_workflows.config import Settings
@@ -458,6 +458,26 @@ async def test_a_failed_publish_leaves_the_content_nowhere(
     assert await stored(content_settings, handle.id) == {"postgres": None, "sqlite": None}
     assert status.stage is PipelineStage.FAILED
     assert pipeline.notifier.sent == []
+
+
+async def test_a_pipeline_cancelled_while_publishing_undoes_every_write(
+    client: Client, content_settings: Settings
+) -> None:
+    async with pipeline_worker(client, content_settings, sqlite={}) as pipeline:
+        faulty = pipeline.providers["sqlite"]
+        assert isinstance(faulty, FaultyProvider)
+        faulty.upsert_down = True  # retried: PostgreSQL is written, SQLite keeps failing
+        handle = await pipeline.start(ContentRequest(topic="Sagas"))
+        async with asyncio.timeout(30):
+            while True:
+                if (await stored(content_settings, handle.id))["postgres"] is not None:
+                    break
+                await asyncio.sleep(0.05)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failed:
+            await handle.result()
+    assert isinstance(failed.value.cause, CancelledError)
+    assert await stored(content_settings, handle.id) == {"postgres": None, "sqlite": None}
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from nexpo_workflows.users.models import ProviderOutcome
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 WORKFLOW_ID_PREFIX = "content-"
+_MAX_REVIEW_SECONDS = 366 * 86400.0
 
 
 def new_content_id() -> str:
@@ -38,10 +39,6 @@ class Decision(StrEnum):
 DECISIONS = [decision.value for decision in Decision]
 
 
-def _stripped(value: str | None) -> str | None:
-    return value.strip() or None if value is not None else None
-
-
 class ContentRequest(BaseModel):
     topic: str = Field(min_length=1, max_length=300)
     instructions: str | None = Field(default=None, max_length=4000)
@@ -52,8 +49,8 @@ class ContentRequest(BaseModel):
     reviewers: list[EmailStr] = Field(default_factory=list, max_length=20)
     # Who is told of the outcome; empty: NOTIFY_EMAIL_TO.
     recipients: list[EmailStr] = Field(default_factory=list, max_length=50)
-    # None: CONTENT_REVIEW_TIMEOUT_SECONDS.
-    review_timeout_seconds: float | None = Field(default=None, gt=0)
+    # None: CONTENT_REVIEW_TIMEOUT_SECONDS. Bounded, so the deadline fits a durable timer.
+    review_timeout_seconds: float | None = Field(default=None, gt=0, le=_MAX_REVIEW_SECONDS)
 
     @field_validator("topic")
     @classmethod
@@ -65,7 +62,9 @@ class ContentRequest(BaseModel):
     @field_validator("instructions", "audience")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
-        return _stripped(value)
+        if value is None:
+            return None
+        return value.strip() or None
 
 
 class Draft(BaseModel):
