@@ -36,6 +36,14 @@ from tests.test_provisioning import FailingActivities
 from nexpo_workflows import registry
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
+from nexpo_workflows.content.models import (
+    ContentRequest,
+    HumanReview,
+    PipelineStage,
+    PipelineStatus,
+    ReviewMode,
+)
+from nexpo_workflows.content.workflow import SUBMIT_REVIEW, AIContentPipelineWorkflow
 from nexpo_workflows.decisions.models import (
     ApprovalInput,
     DecisionRequest,
@@ -124,6 +132,9 @@ class Lab:
             client=self.client,
             providers=providers,
             stores=enabled_stores(self.settings),
+            # Offline even where an API key is set: the same answers on every recording.
+            language_model=OfflineModel(),
+            notifiers=enabled_notifiers(self.settings),
         )
         try:
             extra = activities(services) if activities else []
@@ -505,6 +516,61 @@ async def sync_scheduled_start(lab: Lab, workflow_id: str) -> None:
     # A start under another id (a schedule's) runs the dataset's run as a child.
     result = await sync_users(lab, workflow_id)
     expect(result.status is SyncStatus.COMPLETED, f"{workflow_id}: {result}")
+
+
+@case("AIContentPipelineWorkflow", "published_ai_review")
+async def content_published(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        result = await lab.client.execute_workflow(
+            AIContentPipelineWorkflow.run,
+            ContentRequest(topic="Durable timers"),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+    expect(result.status == "published", f"{workflow_id}: {result.summary()}")
+
+
+async def _reviewed(handle: WorkflowHandle[Any, Any], revision: int, decision: str) -> None:
+    for _ in range(100):
+        status = await handle.query("status", result_type=PipelineStatus)
+        if status.stage is PipelineStage.AWAITING_REVIEW and status.revision == revision:
+            break
+        await asyncio.sleep(0.1)
+    await handle.execute_update(
+        SUBMIT_REVIEW,
+        HumanReview(reviewer="ada@example.com", decision=decision, comments="recorded"),
+        result_type=PipelineStatus,
+    )
+
+
+@case("AIContentPipelineWorkflow", "human_changes_then_approved")
+async def content_human_review(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        handle = await lab.client.start_workflow(
+            AIContentPipelineWorkflow.run,
+            ContentRequest(topic="Sagas", review_mode=ReviewMode.HUMAN),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+        await _reviewed(handle, 0, "request_changes")
+        await _reviewed(handle, 1, "approve")
+        result = await handle.result()
+    expect(result.revisions == 1, f"{workflow_id}: {result.summary()}")
+
+
+@case("AIContentPipelineWorkflow", "publish_failed")
+async def content_publish_failed(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker(sqlite={"upsert_fails": True}):
+        try:
+            await lab.client.execute_workflow(
+                AIContentPipelineWorkflow.run,
+                ContentRequest(topic="Sagas"),
+                id=workflow_id,
+                task_queue=lab.task_queue,
+            )
+        except WorkflowFailureError:
+            return
+    raise RecordingError(f"{workflow_id}: published despite the injected failure")
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:

@@ -42,7 +42,7 @@ from nexpo_workflows.providers import DatasetRecord, enabled_providers
 from nexpo_workflows.services import Services
 from nexpo_workflows.worker import build_worker
 from tests.conftest import API_KEY, run_cli
-from tests.scripted_model import USAGE, ScriptedModel
+from tests.scripted_model import SCRIPTED_USAGE, ScriptedModel
 
 OUTPUT = "ModelDecision"
 LIMIT = 100.0
@@ -169,7 +169,7 @@ async def test_an_auto_reply_is_sent_to_the_customer(lab: Lab) -> None:
     assert result.refused_reason is None
     assert result.escalation_reason is None
     assert result.rationale == "chose auto_reply for the test"
-    assert result.usage.input_tokens == 2 * USAGE.input_tokens  # both attempts count
+    assert result.usage.input_tokens == 2 * SCRIPTED_USAGE.input_tokens  # both attempts count
 
     [sent] = lab.notifier.sent
     assert sent.id == f"{decision_workflow_id(request.request_id)}:auto_reply"
@@ -335,14 +335,14 @@ async def test_without_an_approval_in_time_the_request_is_escalated(
 
 
 async def test_an_approval_is_refused_while_the_model_decides(lab: Lab) -> None:
-    lab.model.hold = asyncio.Event()
+    lab.model.held[OUTPUT] = asyncio.Event()
     request = support_request()
     lab.model.script(OUTPUT, answer("escalate", reason="the customer asks for a manager"))
     handle = await lab.decisions.start(request)
     await asyncio.wait_for(lab.model.asked.wait(), 10)
     with pytest.raises(ApprovalRefusedError, match=r"not awaiting approval \(stage: deciding\)"):
         await lab.decisions.approve(request.request_id, ApprovalInput(approver="g", approved=True))
-    lab.model.hold.set()
+    lab.model.held[OUTPUT].set()
     result = await handle.result()
     # The model's own escalation needs no approval: a person handles it anyway.
     assert result.action_executed == "escalate"

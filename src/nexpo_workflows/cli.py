@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import typer
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -81,6 +81,7 @@ out = Console()
 err = Console(stderr=True)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 # Errors a user can fix from their side: one line, no traceback.
 _USER_ERRORS = (
@@ -551,6 +552,140 @@ def decisions_approve(
     """Approve (or --reject) a decision that awaits a person."""
     approval = ApprovalInput(approver=approver, approved=not reject, comments=comments)
     _print_status(_decisions("approve", lambda decisions: decisions.approve(request_id, approval)))
+
+
+content_app = typer.Typer(
+    help="The AI content pipeline: draft, review, publish everywhere or nowhere.",
+    no_args_is_help=True,
+)
+app.add_typer(content_app, name="content")
+
+
+async def _result_or_details(handle: WorkflowHandle[Any, Any], result_type: type[M]) -> M:
+    """The workflow's result, or the one a failed workflow carries in its failure's details;
+    any other failure ends the command with its message."""
+    try:
+        result: M = await handle.result()
+    except WorkflowFailureError as error:
+        cause = error.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            return result_type.model_validate(cause.details[0])
+        _fail(str(cause or error), 1)
+    return result
+
+
+@content_app.command("create")
+def content_create(
+    topic: str = typer.Option(..., help="What the content is about."),
+    instructions: str | None = typer.Option(None, help="Length, tone, points to cover..."),
+    audience: str | None = typer.Option(None, help="Who it is for."),
+    review: str | None = typer.Option(None, help="ai or human; default: CONTENT_REVIEW_MODE."),
+    reviewer: list[str] | None = typer.Option(None, help="A reviewer's email (repeat)."),
+    recipient: list[str] | None = typer.Option(
+        None, help="Who is told of the outcome (repeat); default: NOTIFY_EMAIL_TO."
+    ),
+    review_timeout: float | None = typer.Option(
+        None, help="Seconds a human review may take; default: CONTENT_REVIEW_TIMEOUT_SECONDS."
+    ),
+    wait: bool = typer.Option(True, help="Wait for the pipeline to finish."),
+) -> None:
+    """Start the pipeline; exit 0 when the content was published, 1 otherwise."""
+    from nexpo_workflows.content.models import ContentRequest, ContentResult, new_content_id
+    from nexpo_workflows.content.workflow import AIContentPipelineWorkflow
+
+    settings = _settings()
+    _require_temporal(settings, "content create")
+    try:
+        request = ContentRequest.model_validate(
+            {
+                "topic": topic,
+                "instructions": instructions,
+                "audience": audience,
+                "review_mode": review,
+                "reviewers": reviewer or [],
+                "recipients": recipient or [],
+                "review_timeout_seconds": review_timeout,
+            }
+        )
+    except ValidationError as error:
+        _fail(f"invalid input: {_input_errors(error)}", 2)
+
+    async def create() -> ContentResult | str:
+        client = await connect(settings, runtime=create_runtime(""))
+        handle = await client.start_workflow(
+            AIContentPipelineWorkflow.run,
+            request,
+            id=new_content_id(),
+            task_queue=settings.temporal_task_queue,
+        )
+        if not wait:
+            return handle.id
+        # On stderr, so a reviewer can be told the id while this waits.
+        err.print(f"started {handle.id}", highlight=False)
+        return await _result_or_details(handle, ContentResult)
+
+    outcome = _run(create())
+    if isinstance(outcome, str):
+        out.print(outcome, highlight=False)
+        return
+    out.print_json(outcome.model_dump_json())
+    raise typer.Exit(0 if outcome.status == "published" else 1)
+
+
+@content_app.command("review")
+def content_review(
+    content_id: str,
+    reviewer: str = typer.Option(..., help="Who reviews (recorded with the decision)."),
+    decision: str = typer.Option(..., help="approve, reject or request-changes."),
+    comments: str = typer.Option("", help="What to change, or why."),
+) -> None:
+    """Review a pipeline's draft; exit 2 when the pipeline refuses the review."""
+    from nexpo_workflows.content.models import HumanReview, PipelineStatus
+    from nexpo_workflows.content.workflow import SUBMIT_REVIEW, AIContentPipelineWorkflow
+
+    settings = _settings()
+    _require_temporal(settings, "content review")
+    try:
+        review = HumanReview(
+            reviewer=reviewer, decision=decision.replace("-", "_"), comments=comments
+        )
+    except ValidationError as error:
+        _fail(f"invalid input: {_input_errors(error)}", 2)
+
+    async def submit() -> PipelineStatus:
+        client = await connect(settings, runtime=create_runtime(""))
+        handle = client.get_workflow_handle_for(AIContentPipelineWorkflow.run, content_id)
+        try:
+            status: PipelineStatus = await handle.execute_update(
+                SUBMIT_REVIEW, review, result_type=PipelineStatus
+            )
+        except WorkflowUpdateFailedError as error:
+            _fail(f"refused: {error.cause}", 2)
+        except RPCError as error:
+            _fail(f"no running pipeline {content_id}: {error}", 1)
+        return status
+
+    out.print_json(_run(submit()).model_dump_json())
+
+
+@content_app.command("show")
+def content_show(content_id: str) -> None:
+    """A pipeline's stage, draft, revision, reviews and token usage, as JSON."""
+    from nexpo_workflows.content.models import PipelineStatus
+    from nexpo_workflows.content.workflow import AIContentPipelineWorkflow
+
+    settings = _settings()
+    _require_temporal(settings, "content show")
+
+    async def show() -> PipelineStatus:
+        client = await connect(settings, runtime=create_runtime(""))
+        handle = client.get_workflow_handle_for(AIContentPipelineWorkflow.run, content_id)
+        try:
+            return await handle.query(AIContentPipelineWorkflow.status)
+        except (RPCError, WorkflowQueryFailedError) as error:
+            _fail(f"no pipeline {content_id}: {error}", 1)
+
+    out.print_json(_run(show()).model_dump_json())
 
 
 @app.command("api-key")

@@ -7,6 +7,8 @@ from typing import Any
 
 from temporalio import workflow
 
+from nexpo_workflows.content.activities import ContentActivities
+from nexpo_workflows.content.workflow import AIContentPipelineWorkflow
 from nexpo_workflows.decisions.activities import DecisionActivities
 from nexpo_workflows.decisions.workflow import AIDecisionWorkflow
 from nexpo_workflows.failover.activities import FailoverActivities
@@ -36,6 +38,7 @@ WORKFLOWS: Sequence[type] = (
     FailoverWorkflow,
     DataSyncWorkflow,
     AIDecisionWorkflow,
+    AIContentPipelineWorkflow,
 )
 WORKFLOW_NAMES: frozenset[str] = frozenset(
     defn.name for defn in map(workflow._Definition.must_from_class, WORKFLOWS) if defn.name
@@ -55,4 +58,5 @@ def activities(services: Services) -> list[Callable[..., Any]]:
         *FailoverActivities(services).all(),
         *SyncActivities(services).all(),
         *DecisionActivities(services).all(),
+        *ContentActivities(services).all(),
     ]

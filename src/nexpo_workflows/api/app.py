@@ -14,7 +14,16 @@ from fastapi.responses import JSONResponse
 from nexpo_workflows import __version__
 from nexpo_workflows.api.auth import Authenticator, require_auth
 from nexpo_workflows.api.deps import GatewayState
-from nexpo_workflows.api.routes import cloud, codec, decisions, health, sync, users, workflows
+from nexpo_workflows.api.routes import (
+    cloud,
+    codec,
+    content,
+    decisions,
+    health,
+    sync,
+    users,
+    workflows,
+)
 
 
 def create_app(state: GatewayState) -> FastAPI:
@@ -33,6 +42,7 @@ def create_app(state: GatewayState) -> FastAPI:
     app.include_router(cloud.router, dependencies=authenticated)
     app.include_router(decisions.router, dependencies=authenticated)
     app.include_router(sync.router, dependencies=authenticated)
+    app.include_router(content.router, dependencies=authenticated)
     # Authenticated by its own router; the Web UI calls it from the browser, hence CORS
     # (a preflight carries no credentials and is answered by the middleware).
     app.include_router(codec.router)

@@ -1,0 +1,134 @@
+"""Publishing approved content to every enabled database, or to none.
+
+Kept apart from the onboarding saga, whose plan carries step modes, parallel groups and a
+saga-wide deadline this one does not need, but with its rules: a step's compensation is
+registered before the step runs, compensations run in reverse order, every one is tried
+even if an earlier one gave up, and they run on cancellation too. Imported passed through
+the sandbox; it only calls the deterministic workflow APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.workflow import ActivityCancellationType
+
+from nexpo_workflows.content.activities import ContentActivities
+from nexpo_workflows.content.models import (
+    ContentStatus,
+    PublishedContent,
+    PublishInput,
+    UnpublishInput,
+)
+from nexpo_workflows.errors import first_line
+from nexpo_workflows.users.models import ProviderOutcome, ProviderStatus
+
+_STEP_TIMEOUT = timedelta(seconds=30)
+# Bounded both ways, so a database that keeps failing ends the saga in seconds, not never.
+_PUBLISH_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=4,
+)
+_PUBLISH_DEADLINE = timedelta(minutes=2)
+# An undo is worth more patience than a write: giving up leaves content that was not approved
+# everywhere.
+_UNPUBLISH_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=10,
+)
+
+
+@dataclass
+class Publication:
+    status: ContentStatus
+    providers: list[ProviderOutcome]
+    failure: str | None = None
+
+    @property
+    def published_to(self) -> list[str]:
+        return [o.provider for o in self.providers if o.status is ProviderStatus.CREATED]
+
+
+async def _step(activity: Any, arg: Any, retry: RetryPolicy) -> None:
+    try:
+        await workflow.execute_activity_method(
+            activity,
+            arg,
+            start_to_close_timeout=_STEP_TIMEOUT,
+            schedule_to_close_timeout=_PUBLISH_DEADLINE,
+            retry_policy=retry,
+            # Wait until a cancelled write has really stopped, so none lands after its undo.
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+    except ActivityError as error:
+        if isinstance(error.cause, CancelledError):
+            raise asyncio.CancelledError from error  # stopped by a cancellation, not failed
+        raise
+
+
+def _reason(error: ActivityError) -> str:
+    return first_line(error.cause or error)
+
+
+async def publish_everywhere(providers: list[str], content: PublishedContent) -> Publication:
+    outcomes = {
+        p: ProviderOutcome(provider=p, status=ProviderStatus.NOT_STARTED) for p in providers
+    }
+    compensations: list[str] = []
+    failure: str | None = None
+    try:
+        for provider in providers:
+            # Registered before the step runs: a write whose answer was lost is undone too.
+            compensations.append(provider)
+            outcome = outcomes[provider]
+            try:
+                await _step(
+                    ContentActivities.publish_content,
+                    PublishInput(provider=provider, content=content),
+                    _PUBLISH_RETRY,
+                )
+            except ActivityError as error:
+                outcome.status, outcome.error = ProviderStatus.FAILED, _reason(error)
+                failure = f"{provider}: {outcome.error}"
+                break
+            outcome.status = ProviderStatus.CREATED
+    except asyncio.CancelledError:
+        await _unpublish(compensations, content.content_id, outcomes)
+        raise
+    if failure is None:
+        return Publication(ContentStatus.PUBLISHED, list(outcomes.values()))
+    complete = await _unpublish(compensations, content.content_id, outcomes)
+    status = ContentStatus.PUBLISH_FAILED if complete else ContentStatus.PUBLISH_ROLLBACK_INCOMPLETE
+    return Publication(status, list(outcomes.values()), failure)
+
+
+async def _unpublish(
+    compensations: list[str], content_id: str, outcomes: dict[str, ProviderOutcome]
+) -> bool:
+    complete = True
+    for provider in reversed(compensations):
+        outcome = outcomes[provider]
+        try:
+            await _step(
+                ContentActivities.unpublish_content,
+                UnpublishInput(provider=provider, content_id=content_id),
+                _UNPUBLISH_RETRY,
+            )
+        except ActivityError as error:
+            complete = False
+            outcome.status = ProviderStatus.COMPENSATION_FAILED
+            outcome.compensation_error = _reason(error)
+            continue
+        if outcome.status is not ProviderStatus.FAILED:
+            outcome.status = ProviderStatus.COMPENSATED
+    return complete
