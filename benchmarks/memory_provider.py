@@ -3,10 +3,17 @@ costs from what the database clients and servers cost on the same two cores."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Self
 
 from nexpo_workflows.config import Settings
-from nexpo_workflows.providers import DatabaseProvider, DuplicateEmailError, UserRecord
+from nexpo_workflows.providers import (
+    DatabaseProvider,
+    DatasetRecord,
+    DuplicateEmailError,
+    RecordVersion,
+    UserRecord,
+)
 
 
 class MemoryProvider(DatabaseProvider):
@@ -14,6 +21,7 @@ class MemoryProvider(DatabaseProvider):
 
     def __init__(self) -> None:
         self.users: dict[str, UserRecord] = {}
+        self.records: dict[tuple[str, str], DatasetRecord] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -40,3 +48,23 @@ class MemoryProvider(DatabaseProvider):
 
     async def delete_user(self, user_id: str) -> bool:
         return self.users.pop(user_id, None) is not None
+
+    async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
+        # Copies: a caller changing its records afterwards must not change what is stored.
+        self.records.update(
+            {(dataset, record.id): record.model_copy(deep=True) for record in records}
+        )
+
+    async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
+        stored = (self.records.get((dataset, record_id)) for record_id in dict.fromkeys(ids))
+        return [record.model_copy(deep=True) for record in stored if record is not None]
+
+    async def record_versions(self, dataset: str, ids: Sequence[str]) -> list[RecordVersion]:
+        return [
+            RecordVersion(id=record.id, version=record.version, deleted=record.deleted)
+            for record in await self.get_records(dataset, ids)
+        ]
+
+    async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
+        removed = (self.records.pop((dataset, record_id), None) for record_id in set(ids))
+        return sum(record is not None for record in removed)

@@ -158,6 +158,19 @@ class ProviderContract:
         assert await provider.delete_records(dataset, ids[:2]) == 0
         assert by_id(await provider.get_records(dataset, ids)) == by_id(written[2:])
 
+    async def test_record_ids_with_reserved_characters_round_trip(
+        self, provider: DatabaseProvider
+    ) -> None:
+        dataset = f"ds_{uuid.uuid4().hex[:8]}"
+        # Separators and quotes of filter syntaxes, URL syntax, what Cosmos item ids refuse.
+        ids = ["a,b", "c(d)", 'e"f', "g\\h", "i/j", "k?l#m", "n.o:p", "q r%20s", "ü-ß"]
+        written = [
+            DatasetRecord(id=record_id, version=1, data={"id": record_id}) for record_id in ids
+        ]
+        await provider.upsert_records(dataset, written)
+        assert by_id(await provider.get_records(dataset, ids)) == by_id(written)
+        assert await provider.delete_records(dataset, ids) == len(ids)
+
     async def test_an_unreachable_backend_is_a_retryable_error(
         self, unreachable_provider: DatabaseProvider
     ) -> None:

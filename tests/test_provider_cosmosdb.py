@@ -14,13 +14,16 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import (
     DatabaseProvider,
+    DatasetRecord,
     DuplicateEmailError,
     ProviderUnavailableError,
 )
 from nexpo_workflows.providers.cosmosdb import (
+    HASHED_ID_PREFIX,
     CosmosProvider,
     email_key,
     email_partition,
+    record_item_id,
     user_item,
 )
 from tests.provider_contract import ProviderContract, make_user
@@ -213,6 +216,18 @@ class TestCosmosProvider(ProviderContract):
             await provider.create_user(make_user(id="a/b"))
         assert await provider.get_user("a/b") is None
         assert await provider.delete_user("a/b") is False
+
+    async def test_a_record_id_equal_to_another_records_item_id_is_kept_apart(
+        self, provider: DatabaseProvider
+    ) -> None:
+        lookalike = record_item_id("a/b")
+        assert lookalike.startswith(HASHED_ID_PREFIX)
+        written = [DatasetRecord(id="a/b", version=1), DatasetRecord(id=lookalike, version=2)]
+        await provider.upsert_records("ds", written)
+        assert (
+            sorted(await provider.get_records("ds", ["a/b", lookalike]), key=lambda r: r.version)
+            == written
+        )
 
 
 async def test_a_stopped_emulator_is_unavailable_and_a_restarted_one_serves_again() -> None:

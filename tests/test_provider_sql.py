@@ -15,7 +15,7 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import DatabaseProvider
 from nexpo_workflows.providers.postgres import PostgresProvider
-from nexpo_workflows.providers.sql import UserStatements, users
+from nexpo_workflows.providers.sql import RecordStatements, UserStatements, records, users
 from nexpo_workflows.providers.sqlite import SQLiteProvider
 from nexpo_workflows.providers.sqlserver import SQLServerProvider
 from tests.provider_contract import ProviderContract, make_user
@@ -87,6 +87,27 @@ def test_sqlserver_statements_compile_with_the_mssql_dialect() -> None:
     assert "FROM nexpo_users" in select
     assert "WHERE nexpo_users.id = " in select
     assert compiled(UserStatements.delete_user(user.id)).startswith("DELETE FROM nexpo_users")
+
+
+def test_sqlserver_record_statements_compile_with_the_mssql_dialect() -> None:
+    ddl = compiled(CreateTable(records))
+    assert "CREATE TABLE nexpo_records" in ddl
+    assert "PRIMARY KEY (dataset, id)" in ddl
+    ids = ["a", "b"]
+    for select in (
+        compiled(RecordStatements.select("ds", ids)),
+        compiled(RecordStatements.select_versions("ds", ids)),
+    ):
+        assert "FROM nexpo_records" in select
+        assert "WHERE nexpo_records.dataset = " in select
+        assert "nexpo_records.id IN (" in select
+    columns = compiled(RecordStatements.select_versions("ds", ids)).split("FROM")[0].strip()
+    assert columns == "SELECT nexpo_records.id, nexpo_records.version, nexpo_records.deleted"
+    delete = compiled(RecordStatements.delete("ds", ids))
+    assert delete.startswith("DELETE FROM nexpo_records")
+    assert "nexpo_records.id IN (" in delete
+    assert compiled(RecordStatements.insert()).startswith("INSERT INTO nexpo_records")
+    assert RecordStatements.upsert(mssql.dialect()) is None  # type: ignore[no-untyped-call]
 
 
 def test_sqlserver_url_gets_the_async_driver() -> None:

@@ -12,9 +12,9 @@ from pydantic import SecretStr
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
-from nexpo_workflows.providers import DatabaseProvider, ProviderUnavailableError
-from nexpo_workflows.providers.supabase import SupabaseProvider, schema_sql
-from tests.provider_contract import ProviderContract, make_user
+from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, ProviderUnavailableError
+from nexpo_workflows.providers.supabase import SupabaseProvider, schema_sql, url_chunks
+from tests.provider_contract import ProviderContract, by_id, make_user
 from tests.servers.supabase import SupabaseStack, make_jwt, running_supabase
 
 
@@ -68,6 +68,17 @@ class TestSupabaseProvider(ProviderContract):
         assert row["email"] == user.email
         assert row["created_at"] == user.created_at
         assert json.loads(row["profile"]) == user.profile
+
+    async def test_ids_too_many_for_one_url_are_split_across_requests(
+        self, provider: SupabaseProvider
+    ) -> None:
+        written = [DatasetRecord(id=f"{n:03}" + "x" * 197, version=n) for n in range(120)]
+        ids = [record.id for record in written]
+        assert len(list(url_chunks(ids))) > 1
+        await provider.upsert_records("long_ids", written)
+        assert by_id(await provider.get_records("long_ids", ids)) == by_id(written)
+        assert len(await provider.record_versions("long_ids", ids)) == len(ids)
+        assert await provider.delete_records("long_ids", ids) == len(ids)
 
     async def test_the_migration_can_run_again(self, supabase: SupabaseStack) -> None:
         connection = await asyncpg.connect(supabase.database_url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -36,6 +36,13 @@ class UserRecord(BaseModel):
 # (SQL table, MongoDB collection, Cosmos DB container partitioned by dataset, Supabase table),
 # so a new dataset needs no migration.
 RECORDS_STORE = "nexpo_records"
+
+T = TypeVar("T")
+
+
+def chunked(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``: the ids of one IN list or query."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 class DatasetRecord(BaseModel):

@@ -28,6 +28,15 @@ released once the owner has relied on it.
 Items are read with single-partition queries, not point reads: a point read of a missing
 item answers 500 instead of 404 on the local emulator the tests run against, and a query
 filtered on ``pk`` and ``id`` reads the same single item on Cosmos DB.
+
+Dataset records live in a second container, ``nexpo_records``, partitioned by ``/dataset``:
+each call touches one dataset, so every query and write stays in one partition. The record id
+is kept in ``rid``; it is the item id too, unless Cosmos cannot store it (see
+``record_item_id``). Writes are concurrent single-item requests, a bounded number at a time:
+the transactional batch API (up to 100 operations of one partition per request) is what a
+real account would take, but the emulator the tests run against fails every batch the Python
+SDK sends (it expects a partition key on each operation, which only the JavaScript SDK adds),
+and a write path never run against a server is not one to ship.
 """
 
 from __future__ import annotations
@@ -35,9 +44,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import aiohttp
 from azure.core import MatchConditions
@@ -56,13 +65,19 @@ from pydantic import SecretStr
 from nexpo_workflows.config import Settings
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import (
+    RECORDS_STORE,
     DatabaseProvider,
+    DatasetRecord,
     DuplicateEmailError,
     ProviderUnavailableError,
+    RecordVersion,
     UserRecord,
+    chunked,
 )
 
 Item = dict[str, Any]
+T = TypeVar("T")
+U = TypeVar("U")
 
 PARTITION_KEY_PATH = "/pk"
 USER_KIND = "user"
@@ -73,6 +88,20 @@ FORBIDDEN_ID_CHARACTERS = frozenset("/\\?#")
 # Each turn means another writer changed the claim between our read and our write; a
 # few in a row is contention that a later retry of the whole step resolves.
 CLAIM_ATTEMPTS = 5
+
+RECORDS_PARTITION_KEY_PATH = "/dataset"
+# Marks an item id derived from a record id Cosmos cannot store (see ``record_item_id``).
+HASHED_ID_PREFIX = "sha256~"
+# Requests in flight per call: enough to hide the round trips of thousands of single-item
+# writes, few enough not to be throttled (429) on a modest provisioned throughput.
+RECORD_WRITE_CONCURRENCY = 32
+# Ids per ARRAY_CONTAINS parameter: even at 200 characters each, far below the 512 KB
+# limit on a query with its parameters.
+QUERY_IDS_CHUNK = 1000
+RECORD_QUERY = (
+    "SELECT c.rid AS id, c.version, c.deleted{fields} FROM c "
+    "WHERE c.dataset = @dataset AND ARRAY_CONTAINS(@ids, c.rid)"
+)
 
 # The SDK wraps transport failures in ServiceRequestError/ServiceResponseError; the others
 # are what may still escape it (and CosmosClientTimeoutError, its overall deadline).
@@ -121,6 +150,46 @@ def user_record(item: Item) -> UserRecord:
     return UserRecord.model_validate({field: item.get(field) for field in UserRecord.model_fields})
 
 
+def record_item_id(record_id: str) -> str:
+    """The item id of a record: the record id itself, or where Cosmos refuses it (one of
+    ``/ \\ ? #``) a prefixed SHA-256 of it. Record ids that begin with the prefix are hashed
+    too, so two record ids never share an item id."""
+    if FORBIDDEN_ID_CHARACTERS.intersection(record_id) or record_id.startswith(HASHED_ID_PREFIX):
+        return HASHED_ID_PREFIX + hashlib.sha256(record_id.encode()).hexdigest()
+    return record_id
+
+
+def record_item(dataset: str, record: DatasetRecord) -> Item:
+    return {
+        "id": record_item_id(record.id),
+        "dataset": dataset,
+        "rid": record.id,
+        # Microseconds since the epoch, a JSON number, which Cosmos keeps as a double:
+        # exact up to 2**53, that is until the year 2255.
+        "version": record.version,
+        "deleted": record.deleted,
+        "data": record.data,
+    }
+
+
+async def concurrently(function: Callable[[T], Awaitable[U]], items: Iterable[T]) -> list[U]:
+    """``function`` applied to every item, ``RECORD_WRITE_CONCURRENCY`` at a time. The first
+    failure cancels the rest and is raised as itself, not in an ExceptionGroup, so that the
+    caller maps it like the error of a single request."""
+    gate = asyncio.Semaphore(RECORD_WRITE_CONCURRENCY)
+
+    async def one(item: T) -> U:
+        async with gate:
+            return await function(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(item)) for item in items]
+    except ExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
 class CosmosProvider(DatabaseProvider):
     name: ClassVar[str] = "cosmosdb"
 
@@ -143,6 +212,7 @@ class CosmosProvider(DatabaseProvider):
         self._client_options = client_options
         self._client: CosmosClient | None = None
         self._container: ContainerProxy | None = None
+        self._records: ContainerProxy | None = None
         # Concurrent first calls would otherwise each build a client and leak all but one.
         self._connecting = asyncio.Lock()
 
@@ -172,20 +242,28 @@ class CosmosProvider(DatabaseProvider):
                     container = await database.create_container_if_not_exists(
                         self.container, partition_key=PartitionKey(path=PARTITION_KEY_PATH)
                     )
+                    records = await database.create_container_if_not_exists(
+                        RECORDS_STORE, partition_key=PartitionKey(path=RECORDS_PARTITION_KEY_PATH)
+                    )
             except BaseException:
                 await client.close()
                 raise
-            self._client, self._container = client, container
+            self._client, self._container, self._records = client, container, records
 
     async def close(self) -> None:
         if self._client is not None:
-            client, self._client, self._container = self._client, None, None
+            client, self._client, self._container, self._records = self._client, None, None, None
             await client.close()
 
     async def _ready_container(self) -> ContainerProxy:
         await self.connect()
         assert self._container is not None
         return self._container
+
+    async def _ready_records(self) -> ContainerProxy:
+        await self.connect()
+        assert self._records is not None
+        return self._records
 
     def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
         return ProviderUnavailableError(f"{self.name}: {first_line(error)}")
@@ -332,3 +410,51 @@ class CosmosProvider(DatabaseProvider):
             except CosmosResourceNotFoundError:
                 return False  # a concurrent delete removed it first
         return True
+
+    async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
+        if not records:
+            return
+        container = await self._ready_records()
+
+        async def upsert(record: DatasetRecord) -> None:
+            await container.upsert_item(record_item(dataset, record))
+
+        with self._reporting_unavailable():
+            await concurrently(upsert, records)
+
+    async def _query_records(self, dataset: str, ids: Sequence[str], fields: str) -> list[Item]:
+        container = await self._ready_records()
+        found: list[Item] = []
+        with self._reporting_unavailable():
+            for chunk in chunked(ids, QUERY_IDS_CHUNK):
+                items = container.query_items(
+                    RECORD_QUERY.format(fields=fields),
+                    parameters=[
+                        {"name": "@dataset", "value": dataset},
+                        {"name": "@ids", "value": list(chunk)},
+                    ],
+                    partition_key=dataset,
+                )
+                found += [item async for item in items]
+        return found
+
+    async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
+        items = await self._query_records(dataset, ids, ", c.data")
+        return [DatasetRecord.model_validate(item) for item in items]
+
+    async def record_versions(self, dataset: str, ids: Sequence[str]) -> list[RecordVersion]:
+        items = await self._query_records(dataset, ids, "")
+        return [RecordVersion.model_validate(item) for item in items]
+
+    async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
+        container = await self._ready_records()
+
+        async def delete(record_id: str) -> int:
+            try:
+                await container.delete_item(record_item_id(record_id), partition_key=dataset)
+            except CosmosResourceNotFoundError:
+                return 0
+            return 1
+
+        with self._reporting_unavailable():
+            return sum(await concurrently(delete, ids))

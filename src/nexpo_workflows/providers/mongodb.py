@@ -2,33 +2,66 @@
 
 A user is one document in ``users``: ``_id`` is the user id, so the primary key makes
 creation idempotent, and a unique index on ``email`` rejects another id with the same email.
+
+A dataset record is one document in ``nexpo_records`` whose ``_id`` is a string made of the
+dataset and the record id (see ``record_key``), beside ``dataset`` and ``id`` fields that
+make the document readable: the primary key alone serves every read, replace and delete by
+(dataset, id), with no second index to maintain during a bulk sync. A string rather than an
+``{dataset, id}`` sub-document: SecantusDB, the server of the tests, looks up a sub-document
+``_id`` many times slower (9 s instead of 0.3 s for 1,000 upserts).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any, ClassVar, Self
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.providers.base import (
+    RECORDS_STORE,
     DatabaseProvider,
+    DatasetRecord,
     DuplicateEmailError,
     ProviderUnavailableError,
+    RecordVersion,
     UserRecord,
+    chunked,
 )
 
 Document = dict[str, Any]
 
 COLLECTION = "users"
+# Keys per $in query. SecantusDB takes more than linearly longer as the list grows (5 s to
+# read 5,000 records 1,000 at a time, 1.2 s 200 at a time); a real server reads 200 documents
+# in a round trip of a few milliseconds.
+IN_LIST_CHUNK = 200
+
+RECORD_PROJECTION = {"_id": 0, "id": 1, "version": 1, "deleted": 1, "data": 1}
+VERSION_PROJECTION = {"_id": 0, "id": 1, "version": 1, "deleted": 1}
 
 # ConnectionFailure is the base of AutoReconnect (and so of NotPrimaryError),
 # NetworkTimeout and ServerSelectionTimeoutError: every "cannot talk to the server now".
 UNAVAILABLE = (ConnectionFailure, OSError)
+
+
+def record_key(dataset: str, record_id: str) -> str:
+    """``<length of dataset>:<dataset>:<id>``: the length keeps the key unambiguous whatever
+    characters the dataset name holds."""
+    return f"{len(dataset)}:{dataset}:{record_id}"
+
+
+def record_document(dataset: str, record: DatasetRecord) -> Document:
+    return {"_id": record_key(dataset, record.id), "dataset": dataset, **record.model_dump()}
+
+
+def records_filter(dataset: str, ids: Sequence[str]) -> Document:
+    return {"_id": {"$in": [record_key(dataset, record_id) for record_id in ids]}}
 
 
 class MongoProvider(DatabaseProvider):
@@ -41,6 +74,7 @@ class MongoProvider(DatabaseProvider):
         self.server_selection_timeout_ms = server_selection_timeout_ms
         self._client: AsyncMongoClient[Document] | None = None
         self._users: AsyncCollection[Document] | None = None
+        self._records: AsyncCollection[Document] | None = None
         # Concurrent first calls would otherwise each build a client and leak all but one.
         self._connecting = asyncio.Lock()
 
@@ -68,16 +102,22 @@ class MongoProvider(DatabaseProvider):
                     raise self._unavailable(error) from error
                 raise
             self._client, self._users = client, users
+            self._records = client[self.database][RECORDS_STORE]
 
     async def close(self) -> None:
         if self._client is not None:
-            client, self._client, self._users = self._client, None, None
+            client, self._client, self._users, self._records = self._client, None, None, None
             await client.close()
 
     async def _ready_users(self) -> AsyncCollection[Document]:
         await self.connect()
         assert self._users is not None
         return self._users
+
+    async def _ready_records(self) -> AsyncCollection[Document]:
+        await self.connect()
+        assert self._records is not None
+        return self._records
 
     def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
         # PyMongo names hosts but never credentials; the topology dump after the first
@@ -126,3 +166,50 @@ class MongoProvider(DatabaseProvider):
         except UNAVAILABLE as error:
             raise self._unavailable(error) from error
         return result.deleted_count > 0
+
+    async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
+        if not records:
+            return
+        collection = await self._ready_records()
+        documents = [record_document(dataset, record) for record in records]
+        replacements = [
+            ReplaceOne({"_id": document["_id"]}, document, upsert=True) for document in documents
+        ]
+        try:
+            # Unordered: the server applies the whole batch instead of stopping at a failure,
+            # and PyMongo splits it into as few commands as the server's limits allow.
+            await collection.bulk_write(replacements, ordered=False)
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from error
+
+    async def _find_in_chunks(
+        self, dataset: str, ids: Sequence[str], projection: Document
+    ) -> list[Document]:
+        collection = await self._ready_records()
+        found: list[Document] = []
+        try:
+            for chunk in chunked(ids, IN_LIST_CHUNK):
+                found += await collection.find(records_filter(dataset, chunk), projection).to_list()
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from error
+        return found
+
+    async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
+        documents = await self._find_in_chunks(dataset, ids, RECORD_PROJECTION)
+        return [DatasetRecord.model_validate(document) for document in documents]
+
+    async def record_versions(self, dataset: str, ids: Sequence[str]) -> list[RecordVersion]:
+        documents = await self._find_in_chunks(dataset, ids, VERSION_PROJECTION)
+        return [RecordVersion.model_validate(document) for document in documents]
+
+    async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
+        collection = await self._ready_records()
+        removed = 0
+        try:
+            for chunk in chunked(ids, IN_LIST_CHUNK):
+                removed += (
+                    await collection.delete_many(records_filter(dataset, chunk))
+                ).deleted_count
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from error
+        return removed

@@ -13,6 +13,7 @@ async def create_schemas(settings: Settings) -> list[str]:
     if settings.enable_supabase and settings.supabase_db_url is not None:
         import asyncpg
 
+        from nexpo_workflows.providers.base import RECORDS_STORE
         from nexpo_workflows.providers.supabase import schema_sql
 
         connection = await asyncpg.connect(settings.supabase_db_url.get_secret_value())
@@ -20,7 +21,7 @@ async def create_schemas(settings: Settings) -> list[str]:
             await connection.execute(schema_sql(settings.supabase_table))
         finally:
             await connection.close()
-        done.append(f"supabase: table {settings.supabase_table} ready")
+        done.append(f"supabase: tables {settings.supabase_table} and {RECORDS_STORE} ready")
     for name, provider in enabled_providers(settings).items():
         try:
             await provider.connect()

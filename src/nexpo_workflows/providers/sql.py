@@ -8,7 +8,7 @@ elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -42,6 +42,7 @@ from nexpo_workflows.providers.base import (
     ProviderUnavailableError,
     RecordVersion,
     UserRecord,
+    chunked,
 )
 
 metadata = MetaData()
@@ -95,6 +96,13 @@ class UserStatements:
         return delete(users).where(users.c.id == user_id)
 
 
+# The dialects whose INSERT has ON CONFLICT DO UPDATE, by name.
+_UPSERTING_INSERTS: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]] = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+}
+
+
 class RecordStatements:
     """The statements of dataset records; ``upsert`` depends on the dialect."""
 
@@ -102,13 +110,10 @@ class RecordStatements:
     def upsert(dialect: Dialect) -> Insert | None:
         """One statement that inserts or replaces, executed with many rows; None where the
         dialect has none (SQL Server), and a delete then insert is used instead."""
-        statement: postgresql.Insert | sqlite.Insert
-        if dialect.name == "postgresql":
-            statement = postgresql.insert(records)
-        elif dialect.name == "sqlite":
-            statement = sqlite.insert(records)
-        else:
+        dialect_insert = _UPSERTING_INSERTS.get(dialect.name)
+        if dialect_insert is None:
             return None
+        statement = dialect_insert(records)
         excluded = statement.excluded
         return statement.on_conflict_do_update(
             index_elements=[records.c.dataset, records.c.id],
@@ -139,7 +144,7 @@ class RecordStatements:
 
 
 def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
-    return [ids[start : start + IN_LIST_CHUNK] for start in range(0, len(ids), IN_LIST_CHUNK)]
+    return chunked(ids, IN_LIST_CHUNK)
 
 
 class SQLProvider(DatabaseProvider):

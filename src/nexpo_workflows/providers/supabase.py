@@ -3,29 +3,36 @@
 The service-role key bypasses row-level security, as a backend writing on behalf of the
 saga must. PostgREST cannot create tables, so the table comes from a migration
 (``SCHEMA_SQL``, run by ``nexpo-workflows db init`` on the project's database) and
-``connect`` only checks that it is there.
+``connect`` only checks that it is there. The same migration creates ``nexpo_records``, the
+one table of every dataset's records.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Sequence
 from typing import ClassVar, Self
+from urllib.parse import quote
 
 import httpx
 from postgrest import APIError
-from postgrest.types import ReturnMethod
+from postgrest.types import JSON, CountMethod, ReturnMethod
+from postgrest.utils import sanitize_param
 from pydantic import SecretStr
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.providers.base import (
+    RECORDS_STORE,
     DatabaseProvider,
+    DatasetRecord,
     DuplicateEmailError,
     ProviderUnavailableError,
+    RecordVersion,
     UserRecord,
 )
 
-# The migration, to format with the table name quoted (see ``schema_sql``).
+# The migration, to format with the table names quoted (see ``schema_sql``).
 SCHEMA_SQL = """\
 CREATE TABLE IF NOT EXISTS {table} (
     id text PRIMARY KEY,
@@ -36,6 +43,15 @@ CREATE TABLE IF NOT EXISTS {table} (
     profile jsonb
 );
 GRANT ALL ON {table} TO service_role;
+CREATE TABLE IF NOT EXISTS {records} (
+    dataset text,
+    id text,
+    version bigint NOT NULL,
+    deleted boolean NOT NULL,
+    data jsonb NOT NULL,
+    PRIMARY KEY (dataset, id)
+);
+GRANT ALL ON {records} TO service_role;
 """
 
 UNIQUE_VIOLATION = "23505"
@@ -46,6 +62,11 @@ KEY_REJECTED_CODES = frozenset({"PGRST301", "42501"})
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
 _COLUMNS = ",".join(UserRecord.model_fields)
+_RECORD_COLUMNS = ",".join(DatasetRecord.model_fields)
+_VERSION_COLUMNS = ",".join(RecordVersion.model_fields)
+# Reads and deletes name their ids in the URL; proxies in front of PostgREST commonly refuse
+# request lines over 8 KB, so each request carries ids up to this many encoded characters.
+URL_IDS_BUDGET = 6000
 
 
 def _quote_identifier(name: str) -> str:
@@ -53,8 +74,24 @@ def _quote_identifier(name: str) -> str:
 
 
 def schema_sql(table: str) -> str:
-    """The migration creating ``table``; running it again changes nothing."""
-    return SCHEMA_SQL.format(table=_quote_identifier(table))
+    """The migration creating ``table`` and the records table; running it again changes nothing."""
+    return SCHEMA_SQL.format(
+        table=_quote_identifier(table), records=_quote_identifier(RECORDS_STORE)
+    )
+
+
+def url_chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``ids`` in consecutive slices whose ``in.(...)`` filter fits ``URL_IDS_BUDGET``
+    (a slice holds at least one id, however long)."""
+    start, used = 0, 0
+    for end, record_id in enumerate(ids):
+        size = len(quote(sanitize_param(record_id))) + 1  # and its separating comma
+        if used + size > URL_IDS_BUDGET and end > start:
+            yield ids[start:end]
+            start, used = end, 0
+        used += size
+    if start < len(ids):
+        yield ids[start:]
 
 
 class SupabaseProvider(DatabaseProvider):
@@ -124,6 +161,8 @@ class SupabaseProvider(DatabaseProvider):
                 detail += f" ({error.code})"
             if error.code in KEY_REJECTED_CODES:
                 detail += "; is SUPABASE_SERVICE_ROLE_KEY the project's service-role key?"
+            if error.code in UNDEFINED_TABLE_CODES:  # the records table, on an older schema
+                detail += "; run the Supabase migration: nexpo-workflows db init"
         else:
             text = str(error).strip().splitlines()[0] if str(error).strip() else ""
             detail = f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -186,3 +225,62 @@ class SupabaseProvider(DatabaseProvider):
         except (APIError, httpx.TransportError) as error:
             raise self._unavailable(error) from error
         return bool(response.data)
+
+    async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
+        if not records:
+            return
+        client = await self._ready_client()
+        rows = [{"dataset": dataset, **record.model_dump(mode="json")} for record in records]
+        try:
+            # One request: PostgREST turns it into one INSERT ... ON CONFLICT DO UPDATE of
+            # every column, so a stored row is replaced whole.
+            await (
+                client.table(RECORDS_STORE)
+                .upsert(rows, on_conflict="dataset,id", returning=ReturnMethod.minimal)
+                .execute()
+            )
+        except (APIError, httpx.TransportError) as error:
+            raise self._unavailable(error) from error
+
+    async def _select_records(self, dataset: str, ids: Sequence[str], columns: str) -> list[JSON]:
+        client = await self._ready_client()
+        found: list[JSON] = []
+        try:
+            for chunk in url_chunks(ids):
+                response = await (
+                    client.table(RECORDS_STORE)
+                    .select(columns)
+                    .eq("dataset", dataset)
+                    .in_("id", chunk)
+                    .execute()
+                )
+                found += response.data
+        except (APIError, httpx.TransportError) as error:
+            raise self._unavailable(error) from error
+        return found
+
+    async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
+        rows = await self._select_records(dataset, ids, _RECORD_COLUMNS)
+        return [DatasetRecord.model_validate(row) for row in rows]
+
+    async def record_versions(self, dataset: str, ids: Sequence[str]) -> list[RecordVersion]:
+        rows = await self._select_records(dataset, ids, _VERSION_COLUMNS)
+        return [RecordVersion.model_validate(row) for row in rows]
+
+    async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
+        client = await self._ready_client()
+        removed = 0
+        try:
+            for chunk in url_chunks(ids):
+                # The count comes back in a header: no need for the deleted rows themselves.
+                response = await (
+                    client.table(RECORDS_STORE)
+                    .delete(count=CountMethod.exact, returning=ReturnMethod.minimal)
+                    .eq("dataset", dataset)
+                    .in_("id", chunk)
+                    .execute()
+                )
+                removed += response.count or 0
+        except (APIError, httpx.TransportError) as error:
+            raise self._unavailable(error) from error
+        return removed
