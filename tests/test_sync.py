@@ -156,7 +156,9 @@ async def target_checksum(settings: Settings, name: str, ids: list[str]) -> str:
 async def assert_targets_equal_source(settings: Settings, source: Source) -> None:
     expected = await source.versions()
     ids = [v.id for v in expected]
-    for target in ("sqlite",):
+    targets = [name for name in enabled_providers(settings) if name != "postgres"]
+    assert targets
+    for target in targets:
         assert await target_checksum(settings, target, ids) == checksum(expected), target
 
 
@@ -188,6 +190,46 @@ async def test_full_then_incremental_sync_with_deletes(
         nothing = await run_sync(client, sync_settings)
         assert nothing.progress.rows_seen == 0
     await services.close()
+
+
+async def test_every_real_target_receives_full_and_incremental_syncs(
+    client: Client,
+    make_settings: Callable[..., Settings],
+    provider_servers: dict[str, Any],
+    source_url: str,
+    source: Source,
+) -> None:
+    """PostgreSQL to SQLite, MongoDB, Cosmos DB and Supabase, each a real server."""
+    settings = make_settings(
+        **{**provider_servers, "postgres_url": source_url},
+        sync_batch_size=25,
+        sync_datasets=[
+            {
+                "name": DATASET,
+                "source": {"provider": "postgres", "table": "items"},
+                "schema": "tests.test_sync:Item",
+            }
+        ],
+    )
+    ids = await source.insert(60)
+    services = Services.from_settings(settings, client)
+    try:
+        async with build_worker(client, services):
+            first = await run_sync(client, settings)
+            assert first.progress.rows_synced == 60
+            await assert_targets_equal_source(settings, source)
+            await source.update(ids[0], name="renamed")
+            await source.update(ids[1], deleted=True)
+            second = await run_sync(client, settings)
+        assert second.progress.rows_synced == 2
+        await assert_targets_equal_source(settings, source)
+        for name in ("mongodb", "cosmosdb", "supabase", "sqlite"):
+            stored = {r.id: r for r in await services.providers[name].get_records(DATASET, ids)}
+            assert len(stored) == 60, name
+            assert stored[ids[0]].data["name"] == "renamed", name
+            assert stored[ids[1]].deleted, name
+    finally:
+        await services.close()
 
 
 async def test_invalid_rows_are_quarantined_not_synced(

@@ -246,7 +246,9 @@ async def test_a_triggered_schedule_syncs_and_skips_while_a_run_goes_on(
     sync_worker: Services,
 ) -> None:
     ids = await source.insert(20)
-    assert (await gateway.put(f"/api/sync/{DATASET}/schedule", json={"every": "10s"})).is_success
+    # A day apart, so only the triggers start runs during the test: an interval start could
+    # otherwise take the dataset's id just before the test's own run does.
+    assert (await gateway.put(f"/api/sync/{DATASET}/schedule", json={"every": "1d"})).is_success
     schedule = client.get_schedule_handle(sync_schedule_id(DATASET))
     await schedule.trigger()
 
@@ -257,8 +259,8 @@ async def test_a_triggered_schedule_syncs_and_skips_while_a_run_goes_on(
     schedules = SyncSchedules(client, sync_settings)
 
     async def no_scheduled_run() -> bool | None:
-        # The trigger and a start of the 10s interval may both have run: wait until neither
-        # still runs, so the next start is the one made while the stuck run goes on.
+        # Wait until the triggered run has ended, so the next start is the one made while
+        # the stuck run goes on.
         for started in (await schedules.describe(DATASET)).recent_runs:
             described = await client.get_workflow_handle(started.workflow_id).describe()
             if described.status is WorkflowExecutionStatus.RUNNING:
@@ -268,6 +270,9 @@ async def test_a_triggered_schedule_syncs_and_skips_while_a_run_goes_on(
     await eventually(no_scheduled_run)
     seen = {r.workflow_id for r in (await schedules.describe(DATASET)).recent_runs}
     await start_stuck_run(client)
+    # A scheduled workflow's id ends with its start time in whole seconds: a second trigger
+    # within the same second as the first would reuse the first's id and start nothing.
+    await asyncio.sleep(1.1)
     await schedule.trigger()
 
     async def a_new_start() -> str | None:
