@@ -10,10 +10,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import Sequence
 
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import load_settings
-from nexpo_workflows.providers import DatabaseProvider, UserRecord, enabled_providers
+from nexpo_workflows.providers import (
+    DatabaseProvider,
+    DatasetRecord,
+    UserRecord,
+    enabled_providers,
+)
 from nexpo_workflows.services import Services
 from nexpo_workflows.worker import build_worker, run_worker_until, stop_on_signals
 from tests.faults import FaultyProvider, InjectedFailure
@@ -35,6 +41,13 @@ class RandomFaults(FaultyProvider):
         if random.random() < self.rate:
             raise InjectedFailure(f"{self.name}: chaos on delete")
         return await self.inner.delete_user(user_id)
+
+    async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
+        if random.random() < self.rate / 2:
+            raise InjectedFailure(f"{self.name}: chaos before the records write")
+        await self.inner.upsert_records(dataset, records)
+        if random.random() < self.rate / 2:
+            raise InjectedFailure(f"{self.name}: chaos after the records write")
 
 
 async def main() -> None:

@@ -15,6 +15,7 @@ from nexpo_workflows.providers import (
     RecordVersion,
     UserRecord,
 )
+from nexpo_workflows.providers.sql import SQLProvider
 
 
 class InjectedFailure(ProviderUnavailableError):
@@ -69,6 +70,9 @@ class FaultyProvider(DatabaseProvider):
 
     async def ping(self) -> None:
         await self.inner.ping()
+
+    def sql_source(self) -> SQLProvider | None:
+        return self.inner.sql_source()
 
     async def create_user(self, user: UserRecord) -> None:
         self.create_calls += 1

@@ -32,6 +32,12 @@ from tests.servers.postgres import fresh_database
 from tests.test_worker_processes import worker_process
 
 DATASET = "items"
+# The test dataset as SYNC_DATASETS holds it.
+ITEMS_DATASET: dict[str, Any] = {
+    "name": DATASET,
+    "source": {"provider": "postgres", "table": "items"},
+    "schema": "tests.test_sync:Item",
+}
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -47,12 +53,7 @@ class Item(BaseModel):
 @pytest.fixture
 async def source_url() -> AsyncIterator[str]:
     async with fresh_database() as url:
-        connection = await asyncpg.connect(url)
-        await connection.execute(
-            "CREATE TABLE items (id text PRIMARY KEY, name text NOT NULL, price numeric NOT NULL,"
-            " updated_at timestamptz NOT NULL, deleted boolean NOT NULL DEFAULT false)"
-        )
-        await connection.close()
+        await Source(url).create_table()
         yield url
 
 
@@ -66,6 +67,12 @@ class Source:
     def tick(self) -> datetime:
         self.clock += timedelta(milliseconds=1)
         return self.clock
+
+    async def create_table(self) -> None:
+        await self.execute(
+            "CREATE TABLE items (id text PRIMARY KEY, name text NOT NULL, price numeric NOT NULL,"
+            " updated_at timestamptz NOT NULL, deleted boolean NOT NULL DEFAULT false)"
+        )
 
     async def execute(self, sql: str, *args: Any) -> None:
         connection = await asyncpg.connect(self.url)
@@ -126,13 +133,7 @@ def sync_settings(make_settings: Callable[..., Settings], source_url: str) -> Se
         sync_batch_size=40,
         sync_batches_per_run=3,
         sync_step_deadline_seconds=60,
-        sync_datasets=[
-            {
-                "name": DATASET,
-                "source": {"provider": "postgres", "table": "items"},
-                "schema": "tests.test_sync:Item",
-            }
-        ],
+        sync_datasets=[ITEMS_DATASET],
     )
 
 
@@ -203,13 +204,7 @@ async def test_every_real_target_receives_full_and_incremental_syncs(
     settings = make_settings(
         **{**provider_servers, "postgres_url": source_url},
         sync_batch_size=25,
-        sync_datasets=[
-            {
-                "name": DATASET,
-                "source": {"provider": "postgres", "table": "items"},
-                "schema": "tests.test_sync:Item",
-            }
-        ],
+        sync_datasets=[ITEMS_DATASET],
     )
     ids = await source.insert(60)
     services = Services.from_settings(settings, client)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, Field
 
 from nexpo_workflows.config import Settings
+
+if TYPE_CHECKING:
+    from nexpo_workflows.providers.sql import SQLProvider
 
 
 class ProviderUnavailableError(Exception):
@@ -102,6 +105,10 @@ class DatabaseProvider(ABC):
     @abstractmethod
     async def delete_user(self, user_id: str) -> bool:
         """Remove the record with this id; True if one was there. Absent is not an error."""
+
+    def sql_source(self) -> SQLProvider | None:
+        """The SQL provider behind this one, which sync can read a table of; None if none."""
+        return None
 
     # --- Dataset records (published content, sync targets, quarantine) -----------------------
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,7 +22,6 @@ from nexpo_workflows.errors import first_line
 from nexpo_workflows.heartbeats import heartbeating
 from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, ProviderUnavailableError
 from nexpo_workflows.providers.base import RecordVersion
-from nexpo_workflows.providers.sql import SQLProvider
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.datasets import (
     QUARANTINE_PREFIX,
@@ -50,6 +51,8 @@ from nexpo_workflows.sync.source import SourceConfigError, SourceRow, SourceTabl
 BAD_DATASET = "BadDatasetConfig"
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 _AS_JSON = RowValidator(None)
+# Validated batches a worker keeps for the writes that follow (one per dataset in flight).
+VALIDATED_BATCHES_KEPT = 4
 
 
 def checksum(versions: Iterable[RecordVersion]) -> str:
@@ -74,6 +77,10 @@ class SyncActivities:
         self._providers = services.providers
         self._sources: dict[str, SourceTable] = {}
         self._validators: dict[str, RowValidator] = {}
+        # The last batches validated here, as targets store them: the writes of a batch,
+        # usually on this worker right after, then neither read nor validate it again. A worker
+        # that did not validate the batch reads it itself. Bounded: memory stays flat.
+        self._validated: OrderedDict[tuple[str, ChangeBatch], list[DatasetRecord]] = OrderedDict()
 
     def _dataset(self, name: str) -> DatasetConfig:
         try:
@@ -93,8 +100,8 @@ class SyncActivities:
 
     def _source(self, plan: SyncPlan) -> SourceTable:
         if plan.dataset not in self._sources:
-            provider = self._provider(plan.source)
-            if not isinstance(provider, SQLProvider):
+            provider = self._provider(plan.source).sql_source()
+            if provider is None:
                 raise _refusal(DatasetConfigError(f"source {plan.source!r} is not a SQL provider"))
             self._sources[plan.dataset] = SourceTable(provider, self._dataset(plan.dataset).source)
         return self._sources[plan.dataset]
@@ -169,25 +176,26 @@ class SyncActivities:
                         )
                     ],
                 )
-            return await self._source(plan).next_batch(input.after, plan.batch_size)
+            batch = await self._source(plan).next_batch(input.after, plan.batch_size)
         except SourceConfigError as error:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
+        if input.record:
+            _record_lag(plan, input.after, caught_up=batch.count == 0)
+        return batch
 
-    @activity.defn(name="validate_data")
-    async def validate_data(self, input: BatchInput) -> ValidationOutcome:
-        """Check each row against the dataset's schema; the invalid ones go to quarantine
-        with their reason (counted, never written to a target)."""
-        validate = self._validator(input.plan.dataset)
+    async def _validated_rows(
+        self, plan: SyncPlan, batch: ChangeBatch
+    ) -> tuple[list[DatasetRecord], list[DatasetRecord]]:
+        """The batch's rows as targets store them, and its invalid rows as quarantined."""
+        validate = self._validator(plan.dataset)
+        valid: list[DatasetRecord] = []
         quarantine: list[DatasetRecord] = []
-        valid = 0
-        for row in await self._rows(input.plan, input.batch):
-            if row.deleted:
-                valid += 1  # a tombstone carries no fields to check
-                continue
+        for row in await self._rows(plan, batch):
             try:
-                validate(row.data)
+                # A tombstone carries no fields to check.
+                data = {} if row.deleted else validate(row.data)
             except ValidationError as error:
                 quarantine.append(
                     DatasetRecord(
@@ -197,7 +205,21 @@ class SyncActivities:
                     )
                 )
                 continue
-            valid += 1
+            valid.append(
+                DatasetRecord.model_construct(
+                    id=row.id, version=row.version, deleted=row.deleted, data=data
+                )
+            )
+        self._validated[plan.dataset, batch] = valid
+        while len(self._validated) > VALIDATED_BATCHES_KEPT:
+            self._validated.popitem(last=False)
+        return valid, quarantine
+
+    @activity.defn(name="validate_data")
+    async def validate_data(self, input: BatchInput) -> ValidationOutcome:
+        """Check each row against the dataset's schema; the invalid ones go to quarantine
+        with their reason (counted, never written to a target)."""
+        valid, quarantine = await self._validated_rows(input.plan, input.batch)
         if quarantine:
             try:
                 await self._provider(input.plan.source).upsert_records(
@@ -206,7 +228,7 @@ class SyncActivities:
             except ProviderUnavailableError as error:
                 raise _unavailable(error) from error
         return ValidationOutcome(
-            valid=valid,
+            valid=len(valid),
             quarantined=len(quarantine),
             invalid_ids=[record.id for record in quarantine],
         )
@@ -214,21 +236,22 @@ class SyncActivities:
     @activity.defn(name="sync_to_providers")
     async def sync_to_providers(self, input: SyncBatchInput) -> TargetWrite:
         """Write the batch's valid rows to one target in one bulk upsert (idempotent)."""
-        validate = self._validator(input.plan.dataset)
+        plan, batch = input.plan, input.batch
+        # A repair reads the source again: what differs may be a row that arrived late.
+        validated = (
+            None if input.only_ids is not None else self._validated.get((plan.dataset, batch))
+        )
+        if validated is None:
+            validated, _ = await self._validated_rows(plan, batch)
         skip, only = set(input.skip_ids), set(input.only_ids or ())
         records = [
-            DatasetRecord.model_construct(
-                id=row.id,
-                version=row.version,
-                deleted=row.deleted,
-                data={} if row.deleted else validate(row.data),
-            )
-            for row in await self._rows(input.plan, input.batch)
-            if row.id not in skip and (input.only_ids is None or row.id in only)
+            record
+            for record in validated
+            if record.id not in skip and (input.only_ids is None or record.id in only)
         ]
         try:
             async with heartbeating(f"writing {len(records)} rows"):
-                await self._provider(input.target).upsert_records(input.plan.dataset, records)
+                await self._provider(input.target).upsert_records(plan.dataset, records)
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
         return TargetWrite(target=input.target, written=len(records))
@@ -283,6 +306,22 @@ class SyncActivities:
             self.sync_to_providers,
             self.verify_sync,
         ]
+
+
+def _record_lag(plan: SyncPlan, verified: Watermark | None, *, caught_up: bool) -> None:
+    """How far the targets trail the source: 0 when nothing is left to sync, else the age of
+    the last verified change (versions are microseconds since the epoch)."""
+    if caught_up:
+        lag = 0.0
+    elif verified is not None:
+        lag = max(time.time() - verified.version / 1_000_000, 0.0)
+    else:
+        return  # a first run: nothing verified yet, no age to report
+    gauge = activity.metric_meter().create_gauge_float(
+        "sync_lag_seconds", "How far each target's copy of a dataset trails its source", "s"
+    )
+    for target in plan.targets:
+        gauge.set(lag, {"dataset": plan.dataset, "provider": target})
 
 
 def _reason(error: ValidationError) -> str:

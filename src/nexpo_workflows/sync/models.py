@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
@@ -42,6 +42,8 @@ class DatasetConfig(BaseModel):
 
 class Watermark(BaseModel):
     """The last (version, id) synced and verified: the next run reads what comes after."""
+
+    model_config = ConfigDict(frozen=True)
 
     version: int
     id: str
@@ -91,8 +93,10 @@ class DetectChangesInput(BaseModel):
 
 
 class ChangeBatch(BaseModel):
-    """The next rows after ``after``, up to ``last`` inclusive (keys only; rows stay out of
-    history and each step reads the range again)."""
+    """The next rows after ``after``, up to ``last`` inclusive (bounds only: rows stay out of
+    history, and the steps read the range from the source)."""
+
+    model_config = ConfigDict(frozen=True)
 
     after: Watermark | None
     last: Watermark | None
