@@ -8,11 +8,11 @@ elsewhere.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from datetime import UTC
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -266,7 +266,8 @@ class SQLProvider(DatabaseProvider):
                         "id": [r.id for r in records],
                         "version": [r.version for r in records],
                         "deleted": [r.deleted for r in records],
-                        "data": [json.dumps(r.data) for r in records],
+                        # pydantic-core's encoder: several times faster than json.dumps.
+                        "data": [to_json(r.data).decode() for r in records],
                     }
                     rows = list(zip(*(columns[name] for name in order), strict=True))
                     await connection.exec_driver_sql(sql, rows)

@@ -278,10 +278,11 @@ class SyncActivities:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
-        wanted = {v.id: v for v in expected}
+        # Tuples, not the models: comparing pydantic models is the slower part of a large batch.
+        wanted = {v.id: (v.version, v.deleted) for v in expected}
         mismatches = []
         for target, versions in zip(plan.targets, found, strict=True):
-            held = {v.id: v for v in versions}
+            held = {v.id: (v.version, v.deleted) for v in versions}
             differing = [i for i, v in wanted.items() if held.get(i) != v]
             if differing:
                 mismatches.append(
