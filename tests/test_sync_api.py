@@ -176,6 +176,20 @@ async def test_unknown_datasets_and_runs_are_404(
     assert "has run" in never_ran.json()["detail"]
 
 
+async def test_a_dataset_these_providers_cannot_run_is_refused_before_it_starts(
+    client: Client, sync_settings: Settings, cli: list[str], cli_env: dict[str, str]
+) -> None:
+    # The built-in users dataset reads PostgreSQL, which only SQLite settings do not enable.
+    sqlite_only = sync_settings.model_copy(update={"enable_postgres": False})
+    async with gateway_on(client, sqlite_only) as http:
+        refused = await http.post("/api/sync/users")
+    assert refused.status_code == 409
+    assert "needs postgres, not enabled here" in refused.json()["detail"]["message"]
+    ran = await run_cli([*cli, "sync", "run", "users"], cli_env)
+    assert ran.returncode == 2
+    assert "needs postgres, not enabled here" in ran.stderr
+
+
 async def test_without_temporal_the_routes_answer_503(sync_settings: Settings) -> None:
     settings = sync_settings.model_copy(update={"enable_temporal": False})
     async with gateway_on(None, settings) as http:

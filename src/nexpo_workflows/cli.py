@@ -42,7 +42,7 @@ from nexpo_workflows.health.run import HealthCheckUnavailableError
 from nexpo_workflows.ports import PortInUseError
 from nexpo_workflows.providers import ProviderUnavailableError, enabled_provider_names
 from nexpo_workflows.services import Services
-from nexpo_workflows.sync.datasets import DatasetConfigError, dataset_configs, find_dataset
+from nexpo_workflows.sync.datasets import DatasetConfigError, dataset_configs, plan_dataset
 from nexpo_workflows.sync.models import SyncInput, SyncProgress, SyncResult
 from nexpo_workflows.sync.runs import (
     SyncAlreadyRunningError,
@@ -731,7 +731,7 @@ def _sync_call(
     _require_temporal(settings, f"sync {command}")
     if configured:
         try:
-            find_dataset(settings, dataset)
+            plan_dataset(settings, enabled_provider_names(settings), dataset)
         except DatasetConfigError as error:
             _fail(str(error), 2)
 

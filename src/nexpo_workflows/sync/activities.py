@@ -29,6 +29,7 @@ from nexpo_workflows.sync.datasets import (
     DatasetConfigError,
     RowValidator,
     find_dataset,
+    plan_dataset,
 )
 from nexpo_workflows.sync.models import (
     BatchInput,
@@ -125,28 +126,12 @@ class SyncActivities:
 
     @activity.defn(name="plan_sync")
     async def plan_sync(self, input: PlanSyncInput) -> SyncPlan:
-        dataset = self._dataset(input.dataset)
-        source = dataset.source.provider
-        self._provider(source)
-        targets = dataset.targets
-        if targets is None:
-            targets = [name for name in self._providers if name != source]
-        for target in targets:
-            self._provider(target)
-        if source in targets or not targets:
-            raise _refusal(
-                DatasetConfigError(f"dataset {dataset.name!r} needs targets other than {source}")
-            )
-        self._validator(dataset.name)
-        return SyncPlan(
-            dataset=dataset.name,
-            source=source,
-            targets=targets,
-            batch_size=dataset.batch_size or self._settings.sync_batch_size,
-            repair_attempts=self._settings.sync_repair_attempts,
-            batches_per_run=self._settings.sync_batches_per_run,
-            step_deadline_seconds=self._settings.sync_step_deadline_seconds,
-        )
+        try:
+            plan = plan_dataset(self._settings, list(self._providers), input.dataset)
+        except DatasetConfigError as error:
+            raise _refusal(error) from error
+        self._validator(plan.dataset)  # refuses a schema this worker cannot import
+        return plan
 
     @activity.defn(name="load_watermark")
     async def load_watermark(self, input: LoadWatermarkInput) -> Watermark | None:

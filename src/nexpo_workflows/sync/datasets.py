@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from nexpo_workflows.config import Settings
-from nexpo_workflows.sync.models import DatasetConfig, SyncSource
+from nexpo_workflows.sync.models import DatasetConfig, SyncPlan, SyncSource
 
 CONTENT_DATASET = "content"
 # Where a source keeps its quarantine and the verified watermark of each dataset (records of
@@ -20,7 +20,11 @@ _ANY_FIELDS: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
 
 class DatasetConfigError(Exception):
-    """A dataset is unknown, or its configuration names something that does not exist."""
+    """A dataset's configuration names something that does not exist or is not enabled."""
+
+
+class UnknownDatasetError(DatasetConfigError):
+    """No dataset of this name is configured."""
 
 
 def builtin_datasets(settings: Settings) -> list[DatasetConfig]:
@@ -59,8 +63,35 @@ def dataset_configs(settings: Settings) -> dict[str, DatasetConfig]:
 def find_dataset(settings: Settings, name: str) -> DatasetConfig:
     datasets = dataset_configs(settings)
     if name not in datasets:
-        raise DatasetConfigError(f"no dataset {name!r}; configured: {sorted(datasets)}")
+        raise UnknownDatasetError(f"no dataset {name!r}; configured: {sorted(datasets)}")
     return datasets[name]
+
+
+def plan_dataset(settings: Settings, enabled: list[str], name: str) -> SyncPlan:
+    """The dataset's plan where ``enabled`` are the providers at hand: the worker's (in the
+    plan activity) or the caller's, to refuse a run that cannot work before it starts. The
+    schema is not imported here: only workers need the application's row models."""
+    dataset = find_dataset(settings, name)
+    source = dataset.source.provider
+    targets = dataset.targets
+    if targets is None:
+        targets = [provider for provider in enabled if provider != source]
+    missing = [provider for provider in (source, *targets) if provider not in enabled]
+    if missing:
+        raise DatasetConfigError(
+            f"dataset {name!r} needs {', '.join(missing)}, not enabled here; enabled: {enabled}"
+        )
+    if source in targets or not targets:
+        raise DatasetConfigError(f"dataset {name!r} needs targets other than {source}")
+    return SyncPlan(
+        dataset=dataset.name,
+        source=source,
+        targets=targets,
+        batch_size=dataset.batch_size or settings.sync_batch_size,
+        repair_attempts=settings.sync_repair_attempts,
+        batches_per_run=settings.sync_batches_per_run,
+        step_deadline_seconds=settings.sync_step_deadline_seconds,
+    )
 
 
 class RowValidator:

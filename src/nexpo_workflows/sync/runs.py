@@ -19,7 +19,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.errors import first_line
-from nexpo_workflows.sync.datasets import find_dataset
+from nexpo_workflows.providers import enabled_provider_names
+from nexpo_workflows.sync.datasets import find_dataset, plan_dataset
 from nexpo_workflows.sync.models import SyncInput, SyncProgress, SyncResult
 from nexpo_workflows.sync.workflow import (
     SYNC_VERIFICATION_FAILED,
@@ -63,9 +64,10 @@ class SyncRunView(BaseModel):
 async def start_sync(
     client: Client, settings: Settings, input: SyncInput
 ) -> WorkflowHandle[DataSyncWorkflow, SyncResult]:
-    """Raises DatasetConfigError for an unknown dataset, SyncAlreadyRunningError while a run
+    """Raises UnknownDatasetError for an unknown dataset, DatasetConfigError for one that
+    cannot run with the providers these settings enable, SyncAlreadyRunningError while a run
     of the dataset is going on."""
-    find_dataset(settings, input.dataset)
+    plan_dataset(settings, enabled_provider_names(settings), input.dataset)
     try:
         return await client.start_workflow(
             DataSyncWorkflow.run,

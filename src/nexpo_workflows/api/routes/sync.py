@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
 
 from nexpo_workflows.api.deps import ClientDep, StateDep
 from nexpo_workflows.api.routes.cloud import accepted
-from nexpo_workflows.sync.datasets import DatasetConfigError
+from nexpo_workflows.sync.datasets import DatasetConfigError, UnknownDatasetError
 from nexpo_workflows.sync.models import DATASET_NAME_PATTERN, SyncInput
 from nexpo_workflows.sync.runs import SyncAlreadyRunningError, SyncRunView, start_sync, sync_status
 from nexpo_workflows.sync.schedules import (
@@ -58,11 +58,14 @@ class ScheduleRequest(BaseModel):
 
 
 async def _answer(call: Awaitable[T]) -> T:
-    """The outcome of a sync operation, its refusals as 404 and 409."""
+    """The outcome of a sync operation, its refusals as 404 and 409 (a dataset this
+    configuration cannot run, or a run going on)."""
     try:
         return await call
-    except (DatasetConfigError, ScheduleNotFoundError) as error:
+    except (UnknownDatasetError, ScheduleNotFoundError) as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except DatasetConfigError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, {"message": str(error)}) from None
     except SyncAlreadyRunningError as error:
         raise HTTPException(
             status.HTTP_409_CONFLICT, {"message": str(error), "workflowId": error.workflow_id}
@@ -73,7 +76,10 @@ async def _answer(call: Awaitable[T]) -> T:
     "/{dataset}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WorkflowAccepted,
-    responses={**_NO_DATASET, 409: {"description": "A sync of this dataset is running"}},
+    responses={
+        **_NO_DATASET,
+        409: {"description": "A sync of this dataset is running, or it cannot run here"},
+    },
 )
 async def start_dataset_sync(
     dataset: DatasetPath,
