@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.content.models import ContentRequest, ContentResult, new_content_id
@@ -27,7 +29,7 @@ from tests.servers.anthropic import (
 )
 from tests.servers.smtp import running_smtp
 from tests.servers.webhook import running_webhook_receiver
-from tests.test_content import stored
+from tests.test_content import pipeline_worker, stored
 
 ANTHROPIC_KEY = f"sk-ant-e2e-{uuid.uuid4().hex}"
 CREDENTIALS_IN_USE.add(ANTHROPIC_KEY)
@@ -127,3 +129,41 @@ async def test_a_non_retryable_400_fails_the_pipeline_with_the_api_message(
             await run_pipeline(client, settings)
     assert "text content blocks must be non-empty" in str(failure.value.cause)
     assert len(fake.requests) == 1  # not retried
+
+
+@pytest.fixture
+def every_provider(
+    make_settings: Callable[..., Settings], provider_servers: dict[str, Any]
+) -> Settings:
+    return make_settings(**provider_servers)
+
+
+EVERY_PROVIDER = {"postgres", "mongodb", "cosmosdb", "supabase", "sqlite"}
+
+
+async def test_published_content_is_in_every_real_provider(
+    client: Client, every_provider: Settings
+) -> None:
+    async with pipeline_worker(client, every_provider) as pipeline:
+        handle = await pipeline.start(ContentRequest(topic="Sagas everywhere"))
+        result = await handle.result()
+    assert result.status == "published"
+    held = await stored(every_provider, handle.id)
+    assert set(held) == EVERY_PROVIDER
+    assert all(record is not None for record in held.values()), held
+
+
+async def test_one_failing_publish_leaves_the_content_in_no_provider(
+    client: Client, every_provider: Settings
+) -> None:
+    # Supabase writes, then answers with an error every time: every write is undone.
+    async with pipeline_worker(client, every_provider, supabase={"upsert_fails": True}) as pipeline:
+        handle = await pipeline.start(ContentRequest(topic="Sagas nowhere"))
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert ContentResult.model_validate(cause.details[0]).status == "publish_failed"
+    held = await stored(every_provider, handle.id)
+    assert set(held) == EVERY_PROVIDER
+    assert held == dict.fromkeys(EVERY_PROVIDER)
