@@ -242,6 +242,33 @@ class Figures:
     raw_rate: float
     sync_rate: float
     peak_rss_mib: float
+    # Seconds per activity type, summed over the run: (running on the worker, queued before).
+    steps: dict[str, tuple[float, float]]
+
+
+async def step_seconds(client: Client, workflow_id: str) -> dict[str, tuple[float, float]]:
+    """Where a sync's time went, from the histories of all its runs (continue-as-new)."""
+    totals: dict[str, list[float]] = {}
+    async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
+        history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
+        scheduled: dict[int, tuple[str, datetime]] = {}
+        started: dict[int, datetime] = {}
+        for event in history.events:
+            at = event.event_time.ToDatetime()
+            if event.HasField("activity_task_scheduled_event_attributes"):
+                name = event.activity_task_scheduled_event_attributes.activity_type.name
+                scheduled[event.event_id] = (name, at)
+            elif event.HasField("activity_task_started_event_attributes"):
+                started[event.activity_task_started_event_attributes.scheduled_event_id] = at
+            elif event.HasField("activity_task_completed_event_attributes"):
+                key = event.activity_task_completed_event_attributes.scheduled_event_id
+                name, queued_at = scheduled[key]
+                running, queued = totals.setdefault(name, [0.0, 0.0])
+                totals[name] = [
+                    running + (at - started[key]).total_seconds(),
+                    queued + (started[key] - queued_at).total_seconds(),
+                ]
+    return {name: (running, queued) for name, (running, queued) in totals.items()}
 
 
 @dataclass
@@ -269,8 +296,11 @@ class Bench:
         assert self.mongodb_url is not None
         return mongodb_sink(self.mongodb_url, f"bench_raw_{rows}")
 
-    async def sync(self, postgres_url: str, target: str, rows: int) -> tuple[float, float]:
-        """Rows per second of a full sync to ``target``, and the worker's peak RSS in MiB."""
+    async def sync(
+        self, postgres_url: str, target: str, rows: int
+    ) -> tuple[float, float, dict[str, tuple[float, float]]]:
+        """Rows per second of a full sync to ``target``, the worker's peak RSS in MiB, and the
+        seconds spent in each step."""
         dataset, task_queue = f"bench_{target}", f"bench-sync-{target}-{rows}"
         dataset_config = {
             "name": dataset,
@@ -305,13 +335,13 @@ class Bench:
             peak = peak_rss_mib(worker.pid)
         if result.status is not SyncStatus.COMPLETED or result.progress.rows_synced != rows:
             raise RuntimeError(f"the sync to {target} did not sync {rows} rows: {result}")
-        return rows / elapsed, peak
+        return rows / elapsed, peak, await step_seconds(self.client, sync_workflow_id(dataset))
 
     async def measure(self, target: str, rows: int, postgres_url: str) -> Figures:
         async with self.raw_sink(target, rows) as write:
             raw_rate = await raw_copy(postgres_url, self.batch_size, write)
-        sync_rate, peak = await self.sync(postgres_url, target, rows)
-        return Figures(raw_rate, sync_rate, peak)
+        sync_rate, peak, steps = await self.sync(postgres_url, target, rows)
+        return Figures(raw_rate, sync_rate, peak, steps)
 
 
 def load() -> str:
@@ -329,6 +359,13 @@ def report(results: dict[tuple[str, int], Figures], batch_size: int, loads: list
             f"{target:8} {rows:>9} {figures.raw_rate:11.0f} {figures.sync_rate:12.0f}"
             f" {ratio:9.2f} {figures.peak_rss_mib:20.1f}"
         )
+    print("seconds in each step of the sync (running on the worker / queued before it ran):")
+    for (target, rows), figures in results.items():
+        steps = ", ".join(
+            f"{name} {running:.1f}/{queued:.1f}"
+            for name, (running, queued) in figures.steps.items()
+        )
+        print(f"  {target} {rows}: {steps}")
     sizes = sorted({rows for _, rows in results})
     if len(sizes) > 1:
         print(f"worker peak RSS, {sizes[-1]} rows over {sizes[0]} rows (target ~1):")
