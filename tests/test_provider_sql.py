@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.dialects import mssql
+from sqlalchemy.dialects.mssql import pyodbc as mssql_pyodbc
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql import ClauseElement
 
@@ -108,6 +109,14 @@ def test_sqlserver_record_statements_compile_with_the_mssql_dialect() -> None:
     assert "nexpo_records.id IN (" in delete
     assert compiled(RecordStatements.insert()).startswith("INSERT INTO nexpo_records")
     assert RecordStatements.upsert(mssql.dialect()) is None  # type: ignore[no-untyped-call]
+    # Verification's version reads, compiled for the driver: aioodbc is a pyodbc dialect, whose
+    # DBAPI sets the positional "qmark" style when an engine is made.
+    provider = SQLServerProvider("mssql+aioodbc://nowhere/db")
+    qmark = mssql_pyodbc.dialect(paramstyle="qmark")  # type: ignore[no-untyped-call]
+    sql, order = provider._versions_sql(qmark, 3)
+    assert order == ("dataset", "id0", "id1", "id2")
+    assert sql.count("?") == 4
+    assert "nexpo_records.id IN (?, ?, ?)" in sql
 
 
 def test_sqlserver_url_gets_the_async_driver() -> None:
