@@ -1,8 +1,8 @@
 """The sync activities: plan, detect changes, validate, write to a target, verify.
 
-Rows never pass through workflow history: each step reads its batch's key range from the
-source again (a keyset range query, cheap next to the writes), so history holds only bounds
-and counts, whatever the number of rows.
+Rows never pass through workflow history: a step reads its batch's key range from the source
+(a keyset range query), or takes the rows this worker has just validated, so history holds
+only bounds and counts, whatever the number of rows.
 """
 
 from __future__ import annotations
