@@ -15,7 +15,7 @@ import sqlite3
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,14 +140,7 @@ async def start_sync(client: Client) -> WorkflowHandle[Any, SyncResult]:
 
 
 async def sync_result(handle: WorkflowHandle[Any, SyncResult]) -> str:
-    for _ in range(600):
-        try:
-            return str((await handle.result()).status)
-        except WorkflowFailureError as error:
-            return f"failed: {error.cause}"
-        except RPCError:
-            await asyncio.sleep(0.5)  # the server is restarting
-    return "unknown"
+    return await closed_status(handle, lambda error: f"failed: {error.cause}")
 
 
 async def sync_checksums(settings: Settings) -> dict[str, str]:
@@ -191,18 +184,30 @@ async def start_with_retries(
     return client.get_workflow_handle_for(UserOnboardingWorkflow.run, workflow_id)
 
 
-async def outcome(handle: WorkflowHandle[Any, SagaResult]) -> str:
+async def closed_status(
+    handle: WorkflowHandle[Any, Any], failed: Callable[[WorkflowFailureError], str]
+) -> str:
+    """The status of the workflow's result, or what ``failed`` says of its failure, waiting
+    through server restarts."""
     for _ in range(600):
         try:
             return str((await handle.result()).status)
         except WorkflowFailureError as error:
-            details = getattr(error.cause, "details", None)
-            if details:
-                return str(SagaResult.model_validate(details[0]).status)
-            return "failed"
+            return failed(error)
         except RPCError:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the server is restarting
     return "unknown"
+
+
+def saga_failure(error: WorkflowFailureError) -> str:
+    details = getattr(error.cause, "details", None)
+    if details:
+        return str(SagaResult.model_validate(details[0]).status)
+    return "failed"
+
+
+async def outcome(handle: WorkflowHandle[Any, SagaResult]) -> str:
+    return await closed_status(handle, saga_failure)
 
 
 async def read_all(settings: Settings) -> dict[str, list[tuple[str, str]]]:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -32,6 +32,7 @@ from tests.faults import FaultyProvider
 from tests.servers.postgres import fresh_database
 from tests.test_worker_processes import worker_process
 
+T = TypeVar("T")
 DATASET = "items"
 # The test dataset as SYNC_DATASETS holds it.
 ITEMS_DATASET: dict[str, Any] = {
@@ -319,10 +320,14 @@ async def test_a_target_down_mid_run_then_back(
             id=sync_workflow_id(DATASET),
             task_queue=sync_settings.temporal_task_queue,
         )
-        await wait_for(lambda: progress_of(handle, lambda p: p.batches >= 1))
+        await eventually(lambda: progress_of(handle, lambda p: p.batches >= 1))
         flaky.upsert_down = True
         calls = flaky.upsert_calls
-        await wait_for(lambda: at_least(lambda: flaky.upsert_calls >= calls + 2))
+
+        async def two_failed_writes() -> bool | None:
+            return flaky.upsert_calls >= calls + 2 or None
+
+        await eventually(two_failed_writes)
         flaky.upsert_down = False
         result: SyncResult = await handle.result()
     assert result.status is SyncStatus.COMPLETED
@@ -367,7 +372,7 @@ async def test_a_worker_killed_mid_run_resumes_without_duplicates_or_gaps(
         return progress.batches >= 3
 
     async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="doomed") as doomed:
-        await wait_for(lambda: progress_of(handle, three_batches_done), 60)
+        await eventually(lambda: progress_of(handle, three_batches_done), 60)
         doomed.send_signal(signal.SIGKILL)
         await doomed.wait()
     assert seen[-1].rows_synced < ROWS
@@ -385,20 +390,22 @@ async def test_a_worker_killed_mid_run_resumes_without_duplicates_or_gaps(
 
 async def progress_of(
     handle: WorkflowHandle[Any, SyncResult], condition: Callable[[SyncProgress], bool]
-) -> bool:
+) -> bool | None:
+    """True once the run's progress meets ``condition``; None until then (for ``eventually``)."""
     try:
-        return condition(await handle.query(DataSyncWorkflow.progress))
+        return condition(await handle.query(DataSyncWorkflow.progress)) or None
     except (WorkflowQueryFailedError, RPCError):
-        return False  # no worker has run the workflow task yet
+        return None  # no worker has run the workflow task yet
 
 
-async def at_least(condition: Callable[[], bool]) -> bool:
-    return condition()
+# Scheduled starts, visibility and worker restarts take a moment: waits are bounded by this.
+WAIT_SECONDS = 30.0
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float = 30) -> None:
+async def eventually(probe: Callable[[], Awaitable[T | None]], seconds: float = WAIT_SECONDS) -> T:
+    """The first answer of ``probe`` that is not None, polling for at most ``seconds``."""
     deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {seconds} s")
+    while (answer := await probe()) is None:
+        assert asyncio.get_running_loop().time() < deadline, f"nothing within {seconds} s"
         await asyncio.sleep(0.05)
+    return answer

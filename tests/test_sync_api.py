@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +35,7 @@ from tests.test_sync import (
     DATASET,
     Source,
     assert_targets_equal_source,
+    eventually,
     source,
     source_url,
     sync_settings,
@@ -42,18 +43,6 @@ from tests.test_sync import (
 
 # pytest finds fixtures by their names in the module: test_sync's, imported and not copied.
 SHARED_FIXTURES = (source, source_url, sync_settings)
-T = TypeVar("T")
-# Scheduled starts and visibility take a moment: every wait below is bounded by this.
-WAIT_SECONDS = 30.0
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]]) -> T:
-    """The first answer of ``probe`` that is not None, polling for at most WAIT_SECONDS."""
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while (answer := await probe()) is None:
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.2)
-    return answer
 
 
 async def stop_leftovers(client: Client, settings: Settings) -> None:

@@ -33,7 +33,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import Delete, Insert, Select
+from sqlalchemy.sql import ClauseElement, Delete, Insert, Select
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import (
@@ -145,6 +146,15 @@ class RecordStatements:
         return delete(records).where(records.c.dataset == dataset, records.c.id.in_(ids))
 
 
+def _driver_sql(statement: ClauseElement, dialect: Dialect) -> tuple[str, tuple[str, ...]]:
+    """``statement`` as the driver's own SQL and the names of its parameters in order, for
+    ``exec_driver_sql`` with plain tuples (no per-row parameter processing by SQLAlchemy)."""
+    compiled = statement.compile(dialect=dialect)
+    assert isinstance(compiled, SQLCompiler)
+    assert compiled.positiontup is not None  # the drivers' qmark and numeric styles
+    return str(compiled), tuple(compiled.positiontup)
+
+
 def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
     return chunked(ids, IN_LIST_CHUNK)
 
@@ -249,9 +259,7 @@ class SQLProvider(DatabaseProvider):
             upsert = RecordStatements.upsert(dialect)
             if upsert is None:
                 return None
-            compiled = upsert.compile(dialect=dialect)
-            assert compiled.positiontup is not None  # qmark and numeric styles are positional
-            self._compiled_upsert = (str(compiled), tuple(compiled.positiontup))
+            self._compiled_upsert = _driver_sql(upsert, dialect)
         return self._compiled_upsert
 
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
@@ -310,9 +318,7 @@ class SQLProvider(DatabaseProvider):
             statement = RecordStatements.select_versions(
                 bindparam("dataset"), [bindparam(f"id{n}") for n in range(count)]
             )
-            compiled = statement.compile(dialect=dialect)
-            assert compiled.positiontup is not None
-            self._compiled_versions[count] = (str(compiled), tuple(compiled.positiontup))
+            self._compiled_versions[count] = _driver_sql(statement, dialect)
         return self._compiled_versions[count]
 
     async def record_versions(self, dataset: str, ids: Sequence[str]) -> list[RecordVersion]:
