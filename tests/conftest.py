@@ -36,7 +36,7 @@ from nexpo_workflows.worker import build_worker
 from tests.faults import FaultyProvider
 from tests.servers.cosmosdb import EMULATOR_KEY, running_cosmosdb
 from tests.servers.mongodb import running_mongodb
-from tests.servers.postgres import fresh_database
+from tests.servers.postgres import fresh_database, logical_server
 from tests.servers.supabase import running_supabase
 
 BIN_DIR = Path(sys.executable).parent
@@ -227,8 +227,16 @@ async def run_cli(command: list[str], env: dict[str, str]) -> CliResult:
 
 
 @pytest.fixture(scope="session")
-async def postgres_url() -> AsyncIterator[str]:
-    async with fresh_database() as url:
+async def logical_postgres() -> AsyncIterator[str]:
+    """The admin URL of a private PostgreSQL cluster at wal_level=logical, for the session."""
+    async with logical_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def postgres_url(logical_postgres: str) -> AsyncIterator[str]:
+    """A database on the logical cluster: the users dataset's source can be captured."""
+    async with fresh_database(logical_postgres) as url:
         yield url
 
 

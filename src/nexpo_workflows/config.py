@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from nexpo_workflows.codec import parse_key_ring
-from nexpo_workflows.sync.models import DatasetConfig
+from nexpo_workflows.sync.models import CaptureMode, DatasetConfig
 
 DEFAULT_TEMPORAL_SERVER_URL = "localhost:7233"
 TEMPORAL_CLOUD_PORT = 7233
@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     sync_datasets: list[DatasetConfig] = Field(default_factory=list)
     # The SQL provider the built-in datasets are read from.
     sync_source: str = "postgres"
+    # How the built-in datasets find changes: "log" (PostgreSQL logical decoding, SQLite
+    # triggers) or "poll" (a version column: misses hard deletes and late commits).
+    sync_capture: CaptureMode = CaptureMode.LOG
     # Larger batches spread each batch's fixed cost (five steps) over more rows.
     sync_batch_size: int = Field(default=10_000, gt=0, le=100_000)
     # Batches per workflow run before it continues as new (bounds its history).

@@ -1,32 +1,103 @@
-"""A fresh database on the machine's real PostgreSQL server (127.0.0.1:5432, trust auth)."""
+"""PostgreSQL for the tests: a fresh database on the machine's server (127.0.0.1:5432, trust
+auth), or on a private cluster started with ``wal_level=logical`` (change capture reads its
+log; the machine's server runs with ``replica``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
+
+from nexpo_workflows.ports import free_port
 
 ADMIN_URL = os.environ.get(
     "NEXPO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+# An existing server at wal_level=logical to use instead of starting a private cluster.
+LOGICAL_ADMIN_URL = os.environ.get("NEXPO_TEST_LOGICAL_POSTGRES_URL")
+BIN = Path(os.environ.get("NEXPO_TEST_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 
 
-def database_url(name: str) -> str:
-    base, _, _ = ADMIN_URL.rpartition("/")
+def database_url(name: str, admin_url: str = ADMIN_URL) -> str:
+    base, _, _ = admin_url.rpartition("/")
     return f"{base}/{name}"
 
 
 @contextlib.asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """Create an empty database, yield its URL, drop it (and its connections) afterwards."""
+async def fresh_database(admin_url: str = ADMIN_URL) -> AsyncIterator[str]:
+    """Create an empty database, yield its URL, drop it (its connections and replication
+    slots first) afterwards."""
     name = f"nexpo_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ADMIN_URL)
+    admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        yield database_url(name)
+        yield database_url(name, admin_url)
     finally:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        await admin.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+            " WHERE database = $1 AND NOT active",
+            name,
+        )
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def _as_postgres(*command: str) -> None:
+    """Run a server command as the ``postgres`` user (initdb refuses root)."""
+    argv = ["su", "postgres", "-c", " ".join(command)] if os.geteuid() == 0 else list(command)
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {output.decode()}")
+
+
+@contextlib.asynccontextmanager
+async def private_cluster(*options: str) -> AsyncIterator[tuple[str, Path]]:
+    """A new cluster on a free port (``-c name=value`` options added): its admin URL and data
+    directory; stopped and removed afterwards, also when the test fails."""
+    directory = Path(tempfile.mkdtemp(prefix="nexpo-pg-"))
+    data = directory / "data"
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres")
+    port = free_port()
+    flags = " ".join([f"-p {port}", "-c listen_addresses=127.0.0.1", f"-k {directory}", *options])
+    try:
+        await _as_postgres(f"{BIN}/initdb", "-D", str(data), "-U postgres --auth=trust -N")
+        await _as_postgres(
+            f"{BIN}/pg_ctl", "-D", str(data), "-o", f"'{flags}'", "-w", "-l",
+            str(directory / "server.log"), "start",
+        )  # fmt: skip
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", data
+    finally:
+        with contextlib.suppress(RuntimeError):
+            await _as_postgres(f"{BIN}/pg_ctl", "-D", str(data), "-m immediate", "-w", "stop")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def logical_server() -> AsyncIterator[str]:
+    """The admin URL of a server at ``wal_level=logical``."""
+    if LOGICAL_ADMIN_URL:
+        yield LOGICAL_ADMIN_URL
+        return
+    async with private_cluster(
+        "-c wal_level=logical",
+        "-c max_replication_slots=20",
+        "-c max_wal_senders=20",
+        "-c max_connections=200",
+        "-c fsync=off",
+        "-c full_page_writes=off",
+    ) as (url, _):
+        yield url

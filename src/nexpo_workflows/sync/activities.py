@@ -1,8 +1,10 @@
-"""The sync activities: plan, detect changes, validate, write to a target, verify.
+"""The sync activities: plan, open the capture, detect changes, validate, write to a target,
+verify.
 
-Rows never pass through workflow history: a step reads its batch's key range from the source
-(a keyset range query), or takes the rows this worker has just validated, so history holds
-only bounds and counts, whatever the number of rows.
+Rows never pass through workflow history: a step reads its batch from the source (a keyset
+range of the table, or the change log up to the batch's last position and the rows of the keys
+it names), or takes the rows this worker has just validated, so history holds only bounds and
+counts, whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_json
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -23,6 +28,11 @@ from nexpo_workflows.heartbeats import heartbeating
 from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, ProviderUnavailableError
 from nexpo_workflows.providers.base import RecordVersion
 from nexpo_workflows.services import Services
+from nexpo_workflows.sync.capture import (
+    CaptureRefusedError,
+    ChangeLog,
+    change_log,
+)
 from nexpo_workflows.sync.datasets import (
     QUARANTINE_PREFIX,
     WATERMARKS_DATASET,
@@ -33,11 +43,14 @@ from nexpo_workflows.sync.datasets import (
 )
 from nexpo_workflows.sync.models import (
     BatchInput,
+    CaptureMode,
     ChangeBatch,
     DatasetConfig,
     DetectChangesInput,
     LoadWatermarkInput,
+    OpenCaptureInput,
     PlanSyncInput,
+    PositionKind,
     SyncBatchInput,
     SyncPlan,
     TargetMismatch,
@@ -56,6 +69,33 @@ _AS_JSON = RowValidator(None)
 VALIDATED_BATCHES_KEPT = 4
 
 
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch as the targets receive it."""
+
+    # Valid rows, as targets store them (upserted).
+    records: list[DatasetRecord] = field(default_factory=list)
+    # Keys gone from the source (log capture): deleted from every target.
+    gone: list[str] = field(default_factory=list)
+    quarantine: list[DatasetRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SnapshotState:
+    """Log capture's copy of the table: the log position it is taken at, the last key copied
+    and verified, and whether it is complete (then the log is streamed)."""
+
+    version: int
+    after: str = ""
+    done: bool = False
+
+
+def content_version(record: DatasetRecord) -> int:
+    """A number that changes with the record's fields: what verifies a copy of the table, whose
+    target rows may carry a later log position than the copy's."""
+    return int.from_bytes(hashlib.sha256(to_json(record.data)).digest()[:6], "big")
+
+
 def checksum(versions: Iterable[RecordVersion]) -> str:
     """SHA-256 over the sorted (id, version, tombstone) triples of a range."""
     digest = hashlib.sha256()
@@ -72,16 +112,31 @@ def _unavailable(error: ProviderUnavailableError) -> ApplicationError:
     return ApplicationError(str(error), type=PROVIDER_UNAVAILABLE)
 
 
+def _masked(value: Any) -> str:
+    return "sha256:" + hashlib.sha256(to_json(value)).hexdigest()
+
+
+def _carried(dataset: DatasetConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields a dataset copies, masked ones as digests."""
+    if dataset.columns is not None:
+        data = {name: data[name] for name in dataset.columns if name in data}
+    for name in dataset.masked:
+        if name in data:
+            data[name] = _masked(data[name])
+    return data
+
+
 class SyncActivities:
     def __init__(self, services: Services) -> None:
         self._settings = services.settings
         self._providers = services.providers
         self._sources: dict[str, SourceTable] = {}
+        self._logs: dict[str, ChangeLog] = {}
         self._validators: dict[str, RowValidator] = {}
         # The last batches validated here, as targets store them: the writes of a batch,
         # usually on this worker right after, then neither read nor validate it again. A worker
         # that did not validate the batch reads it itself. Bounded: memory stays flat.
-        self._validated: OrderedDict[tuple[str, ChangeBatch], list[DatasetRecord]] = OrderedDict()
+        self._validated: OrderedDict[tuple[str, ChangeBatch], PreparedBatch] = OrderedDict()
 
     def _dataset(self, name: str) -> DatasetConfig:
         try:
@@ -115,14 +170,91 @@ class SyncActivities:
                 raise _refusal(error) from error
         return self._validators[dataset]
 
-    async def _rows(self, plan: SyncPlan, batch: ChangeBatch) -> list[SourceRow]:
+    def _log(self, plan: SyncPlan) -> ChangeLog:
+        if plan.dataset not in self._logs:
+            provider = self._provider(plan.source).sql_source()
+            assert provider is not None  # _source refused it first
+            dataset = self._dataset(plan.dataset)
+            self._logs[plan.dataset] = change_log(provider, dataset.source, plan.dataset)
+        return self._logs[plan.dataset]
+
+    async def _rows(self, plan: SyncPlan, batch: ChangeBatch) -> tuple[list[SourceRow], list[str]]:
+        """The batch's rows, and (log capture) the keys it changed that are gone."""
+        async with heartbeating("reading the source"):
+            source = self._source(plan)
+            if batch.kind is not PositionKind.LOG:
+                return await source.rows(batch.after, batch.last), []
+            assert batch.last is not None
+            segment = await self._log(plan).read(upto=batch.last.version)
+            rows = await source.rows_by_key(segment.changes)
+            present = {row.id for row in rows}
+            return rows, [key for key in segment.changes if key not in present]
+
+    async def _prepare(self, plan: SyncPlan, batch: ChangeBatch) -> PreparedBatch:
+        """The batch as targets receive it: its valid rows, its invalid rows as quarantined,
+        and the keys gone from the source."""
+        validate = self._validator(plan.dataset)
+        dataset = self._dataset(plan.dataset)
         try:
-            async with heartbeating("reading the source"):
-                return await self._source(plan).rows(batch.after, batch.last)
-        except SourceConfigError as error:
+            rows, gone = await self._rows(plan, batch)
+        except (SourceConfigError, CaptureRefusedError) as error:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
+        prepared = PreparedBatch(gone=gone)
+        for row in rows:
+            try:
+                # A tombstone carries no fields to check.
+                data = {} if row.deleted else validate(_carried(dataset, row.data))
+            except ValidationError as error:
+                prepared.quarantine.append(
+                    DatasetRecord(
+                        id=row.id,
+                        version=row.version,
+                        data={"reason": _reason(error), "row": _AS_JSON(row.data)},
+                    )
+                )
+                continue
+            # Validating the record costs less than model_construct, pure Python in pydantic 2.
+            prepared.records.append(
+                DatasetRecord(id=row.id, version=row.version, deleted=row.deleted, data=data)
+            )
+        self._validated[plan.dataset, batch] = prepared
+        while len(self._validated) > VALIDATED_BATCHES_KEPT:
+            self._validated.popitem(last=False)
+        return prepared
+
+    async def _load_state(self, plan: SyncPlan) -> tuple[Watermark | None, SnapshotState | None]:
+        """The dataset's stored position: a polling watermark, or log capture's copy state."""
+        try:
+            stored = await self._provider(plan.source).get_records(
+                WATERMARKS_DATASET, [plan.dataset]
+            )
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+        if not stored:
+            return None, None
+        record = stored[0]
+        if record.data.get("capture") == CaptureMode.LOG:
+            state = SnapshotState(record.version, record.data["after"], record.data["done"])
+            return None, state
+        return Watermark(version=record.version, id=record.data["id"]), None
+
+    async def _save_state(self, plan: SyncPlan, record: DatasetRecord) -> None:
+        try:
+            await self._provider(plan.source).upsert_records(WATERMARKS_DATASET, [record])
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+
+    async def _save_snapshot(self, plan: SyncPlan, state: SnapshotState) -> None:
+        await self._save_state(
+            plan,
+            DatasetRecord(
+                id=plan.dataset,
+                version=state.version,
+                data={"capture": CaptureMode.LOG, "after": state.after, "done": state.done},
+            ),
+        )
 
     @activity.defn(name="plan_sync")
     async def plan_sync(self, input: PlanSyncInput) -> SyncPlan:
@@ -136,128 +268,184 @@ class SyncActivities:
     @activity.defn(name="load_watermark")
     async def load_watermark(self, input: LoadWatermarkInput) -> Watermark | None:
         """The last verified watermark of the dataset, kept in the source's records."""
-        source = self._provider(input.plan.source)
-        try:
-            stored = await source.get_records(WATERMARKS_DATASET, [input.plan.dataset])
-        except ProviderUnavailableError as error:
-            raise _unavailable(error) from error
-        if not stored:
-            return None
-        return Watermark(version=stored[0].version, id=stored[0].data["id"])
+        watermark, _ = await self._load_state(input.plan)
+        return watermark
 
-    @activity.defn(name="detect_changes")
-    async def detect_changes(self, input: DetectChangesInput) -> ChangeBatch:
-        """Record ``after`` as the verified watermark, then find the next batch after it."""
-        plan = input.plan
+    @activity.defn(name="open_capture")
+    async def open_capture(self, input: OpenCaptureInput) -> Watermark | None:
+        """Create the dataset's change log if it is missing; where the run starts: in the copy
+        of the table (a new log, a full resync, a copy not finished), or None: the log."""
+        plan, log = input.plan, self._log(input.plan)
         try:
-            if input.record and input.after is not None:
-                await self._provider(plan.source).upsert_records(
-                    WATERMARKS_DATASET,
-                    [
-                        DatasetRecord(
-                            id=plan.dataset,
-                            version=input.after.version,
-                            data={"id": input.after.id},
-                        )
-                    ],
-                )
-            batch = await self._source(plan).next_batch(input.after, plan.batch_size)
-        except SourceConfigError as error:
+            created = await log.ensure()
+            _, state = await self._load_state(plan)
+            if created is not None or state is None or input.full:
+                # Every change after the log's start is streamed after the copy, so the copy
+                # may read rows at any later moment: what it misses or reads early, the log
+                # brings.
+                start = created if created is not None else await log.position()
+                state = SnapshotState(version=start)
+                await self._save_snapshot(plan, state)
+        except CaptureRefusedError as error:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
+        if state.done:
+            return None
+        return Watermark(kind=PositionKind.SNAPSHOT, version=state.version, id=state.after)
+
+    @activity.defn(name="detect_changes")
+    async def detect_changes(self, input: DetectChangesInput) -> ChangeBatch:
+        """Record ``after`` as verified (the watermark, the copy's last key, or the log
+        confirmed up to it), then find the next batch after it."""
+        try:
+            if input.plan.capture is CaptureMode.LOG:
+                return await self._detect_in_log(input)
+            return await self._detect_by_polling(input)
+        except (SourceConfigError, CaptureRefusedError) as error:
+            raise _refusal(error) from error
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+
+    async def _detect_by_polling(self, input: DetectChangesInput) -> ChangeBatch:
+        plan, after = input.plan, input.after
+        if input.record and after is not None:
+            await self._save_state(
+                plan, DatasetRecord(id=plan.dataset, version=after.version, data={"id": after.id})
+            )
+        batch = await self._source(plan).next_batch(after, plan.batch_size)
         if input.record:
-            _record_lag(plan, input.after, caught_up=batch.count == 0)
+            if batch.count == 0:
+                _record_lag(plan, 0.0)
+            elif after is not None:
+                _record_lag(plan, max(time.time() - after.version / 1_000_000, 0.0))
         return batch
 
-    async def _validated_rows(
-        self, plan: SyncPlan, batch: ChangeBatch
-    ) -> tuple[list[DatasetRecord], list[DatasetRecord]]:
-        """The batch's rows as targets store them, and its invalid rows as quarantined."""
-        validate = self._validator(plan.dataset)
-        valid: list[DatasetRecord] = []
-        quarantine: list[DatasetRecord] = []
-        for row in await self._rows(plan, batch):
-            try:
-                # A tombstone carries no fields to check.
-                data = {} if row.deleted else validate(row.data)
-            except ValidationError as error:
-                quarantine.append(
-                    DatasetRecord(
-                        id=row.id,
-                        version=row.version,
-                        data={"reason": _reason(error), "row": _AS_JSON(row.data)},
-                    )
-                )
-                continue
-            # Validating the record costs less than model_construct, pure Python in pydantic 2.
-            valid.append(
-                DatasetRecord(id=row.id, version=row.version, deleted=row.deleted, data=data)
-            )
-        self._validated[plan.dataset, batch] = valid
-        while len(self._validated) > VALIDATED_BATCHES_KEPT:
-            self._validated.popitem(last=False)
-        return valid, quarantine
+    async def _detect_in_log(self, input: DetectChangesInput) -> ChangeBatch:
+        plan, after, log = input.plan, input.after, self._log(input.plan)
+        if not input.record:
+            # An audit: every key range of the table, compared by content; the log untouched.
+            start = after or Watermark(kind=PositionKind.SNAPSHOT, version=await log.position())
+            return await self._source(plan).next_batch(start, plan.batch_size)
+        if after is not None and after.kind is PositionKind.LOG:
+            await log.confirm(after.version)
+        if after is not None and after.kind is PositionKind.SNAPSHOT:
+            await self._save_snapshot(plan, SnapshotState(after.version, after.id))
+            batch = await self._source(plan).next_batch(after, plan.batch_size)
+            if batch.count:
+                return batch
+            await self._save_snapshot(plan, SnapshotState(after.version, after.id, done=True))
+        segment = await log.read(limit=plan.batch_size)
+        # Transactions that changed no row of the dataset: confirmed at once, or the log
+        # would be held for them.
+        while segment.end is not None and not segment.changes:
+            await log.confirm(segment.end)
+            segment = await log.read(limit=plan.batch_size)
+        oldest = segment.oldest_commit
+        _record_lag(plan, max((datetime.now(UTC) - oldest).total_seconds(), 0.0) if oldest else 0.0)
+        start = Watermark(kind=PositionKind.LOG, version=segment.start)
+        if segment.end is None:
+            return ChangeBatch(after=start, last=None, count=0)
+        return ChangeBatch(
+            after=start,
+            last=Watermark(kind=PositionKind.LOG, version=segment.end),
+            count=len(segment.changes),
+        )
 
     @activity.defn(name="validate_data")
     async def validate_data(self, input: BatchInput) -> ValidationOutcome:
         """Check each row against the dataset's schema; the invalid ones go to quarantine
-        with their reason (counted, never written to a target)."""
-        valid, quarantine = await self._validated_rows(input.plan, input.batch)
-        if quarantine:
-            try:
-                await self._provider(input.plan.source).upsert_records(
-                    QUARANTINE_PREFIX + input.plan.dataset, quarantine
-                )
-            except ProviderUnavailableError as error:
-                raise _unavailable(error) from error
+        with their reason (counted, never written to a target). A key gone from the source
+        leaves the quarantine too: nothing of an erased row stays behind."""
+        prepared = await self._prepare(input.plan, input.batch)
+        source = self._provider(input.plan.source)
+        quarantine = QUARANTINE_PREFIX + input.plan.dataset
+        try:
+            if prepared.quarantine:
+                await source.upsert_records(quarantine, prepared.quarantine)
+            if prepared.gone:
+                await source.delete_records(quarantine, prepared.gone)
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
         return ValidationOutcome(
-            valid=len(valid),
-            quarantined=len(quarantine),
-            invalid_ids=[record.id for record in quarantine],
+            valid=len(prepared.records),
+            quarantined=len(prepared.quarantine),
+            invalid_ids=[record.id for record in prepared.quarantine],
+            deleted=len(prepared.gone),
         )
 
     @activity.defn(name="sync_to_providers")
     async def sync_to_providers(self, input: SyncBatchInput) -> TargetWrite:
-        """Write the batch's valid rows to one target in one bulk upsert (idempotent)."""
+        """Write the batch to one target: one bulk upsert of its valid rows, one delete of the
+        keys gone from the source (both idempotent)."""
         plan, batch = input.plan, input.batch
         # A repair reads the source again: what differs may be a row that arrived late.
-        validated = (
+        prepared = (
             None if input.only_ids is not None else self._validated.get((plan.dataset, batch))
         )
-        if validated is None:
-            validated, _ = await self._validated_rows(plan, batch)
+        if prepared is None:
+            prepared = await self._prepare(plan, batch)
         skip, only = set(input.skip_ids), set(input.only_ids or ())
         records = [
             record
-            for record in validated
+            for record in prepared.records
             if record.id not in skip and (input.only_ids is None or record.id in only)
         ]
+        gone = [key for key in prepared.gone if input.only_ids is None or key in only]
+        target = self._provider(input.target)
         try:
             async with heartbeating(f"writing {len(records)} rows"):
-                await self._provider(input.target).upsert_records(plan.dataset, records)
+                await target.upsert_records(plan.dataset, records)
+                if gone:
+                    await target.delete_records(plan.dataset, gone)
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
-        return TargetWrite(target=input.target, written=len(records))
+        return TargetWrite(target=input.target, written=len(records) + len(gone))
+
+    async def _expected(
+        self, plan: SyncPlan, batch: ChangeBatch, skip: set[str]
+    ) -> tuple[list[RecordVersion], list[str]]:
+        """What every target must hold for the batch now: (id, version, tombstone) of each row,
+        and the keys it must not hold. A copy of the table compares content, not versions."""
+        if batch.kind is PositionKind.VERSIONS:
+            versions = await self._source(plan).versions(batch.after, batch.last)
+            return [v for v in versions if v.id not in skip], []
+        prepared = await self._prepare(plan, batch)
+        snapshot = batch.kind is PositionKind.SNAPSHOT
+        expected = [
+            RecordVersion(
+                id=r.id,
+                version=content_version(r) if snapshot else r.version,
+                deleted=r.deleted,
+            )
+            for r in prepared.records
+            if r.id not in skip
+        ]
+        return expected, prepared.gone
+
+    async def _held(
+        self, plan: SyncPlan, batch: ChangeBatch, target: str, ids: list[str]
+    ) -> list[RecordVersion]:
+        provider = self._provider(target)
+        if batch.kind is not PositionKind.SNAPSHOT:
+            return await provider.record_versions(plan.dataset, ids)
+        return [
+            RecordVersion(id=r.id, version=content_version(r), deleted=r.deleted)
+            for r in await provider.get_records(plan.dataset, ids)
+        ]
 
     @activity.defn(name="verify_sync")
     async def verify_sync(self, input: VerifyInput) -> VerifyOutcome:
-        """Compare the batch's range between the source and every target: count and checksum
-        over ids and versions; the differing ids of each target that does not match."""
-        plan, skip = input.plan, set(input.skip_ids)
+        """Compare the batch between the source and every target: count and checksum over
+        ids and versions; the differing ids of each target that does not match (a row missing
+        or different, a key that should be gone)."""
+        plan, batch = input.plan, input.batch
         try:
-            expected = [
-                v
-                for v in await self._source(plan).versions(input.batch.after, input.batch.last)
-                if v.id not in skip
-            ]
-            ids = [v.id for v in expected]
+            expected, gone = await self._expected(plan, batch, set(input.skip_ids))
+            ids = [v.id for v in expected] + gone
             async with heartbeating("reading the targets"):
                 found = await asyncio.gather(
-                    *(
-                        self._provider(target).record_versions(plan.dataset, ids)
-                        for target in plan.targets
-                    )
+                    *(self._held(plan, batch, target, ids) for target in plan.targets)
                 )
         except SourceConfigError as error:
             raise _refusal(error) from error
@@ -269,6 +457,7 @@ class SyncActivities:
         for target, versions in zip(plan.targets, found, strict=True):
             held = {v.id: (v.version, v.deleted) for v in versions}
             differing = [i for i, v in wanted.items() if held.get(i) != v]
+            differing += [key for key in gone if key in held]
             if differing:
                 mismatches.append(
                     TargetMismatch(
@@ -286,6 +475,7 @@ class SyncActivities:
         return [
             self.plan_sync,
             self.load_watermark,
+            self.open_capture,
             self.detect_changes,
             self.validate_data,
             self.sync_to_providers,
@@ -293,15 +483,11 @@ class SyncActivities:
         ]
 
 
-def _record_lag(plan: SyncPlan, verified: Watermark | None, *, caught_up: bool) -> None:
+def _record_lag(plan: SyncPlan, lag: float | None) -> None:
     """How far the targets trail the source: 0 when nothing is left to sync, else the age of
-    the last verified change (versions are microseconds since the epoch)."""
-    if caught_up:
-        lag = 0.0
-    elif verified is not None:
-        lag = max(time.time() - verified.version / 1_000_000, 0.0)
-    else:
-        return  # a first run: nothing verified yet, no age to report
+    the oldest change not yet verified (None: unknown, a first run)."""
+    if lag is None:
+        return
     gauge = activity.metric_meter().create_gauge_float(
         "sync_lag_seconds", "How far each target's copy of a dataset trails its source", "s"
     )

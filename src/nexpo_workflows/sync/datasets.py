@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from importlib import import_module
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.sync.models import DatasetConfig, SyncPlan, SyncSource
@@ -27,18 +28,36 @@ class UnknownDatasetError(DatasetConfigError):
     """No dataset of this name is configured."""
 
 
+class SyncedUser(BaseModel):
+    """A user as sync targets receive it: the password hash stays in the databases the
+    onboarding saga writes."""
+
+    id: str = Field(min_length=1, max_length=64)
+    email: str = Field(min_length=3, max_length=320)
+    name: str = Field(min_length=1, max_length=200)
+    created_at: datetime
+    profile: dict[str, Any] | None = None
+
+
+USERS_DATASET = "users"
+USERS_TABLE = "nexpo_users"
+
+
 def builtin_datasets(settings: Settings) -> list[DatasetConfig]:
     return [
-        # Users have no soft delete: offboarding removes them from every database itself.
+        # Users have no soft delete: offboarding deletes the row, and the delete (from the log)
+        # removes every copy; offboarding also erases the copies itself (erase_user_copies).
         DatasetConfig(
-            name="users",
+            name=USERS_DATASET,
             source=SyncSource(
                 provider=settings.sync_source,
-                table="nexpo_users",
+                table=USERS_TABLE,
+                capture=settings.sync_capture,
                 updated_at_column="created_at",
                 deleted_column=None,
             ),
-            row_schema="nexpo_workflows.providers.base:UserRecord",
+            columns=list(SyncedUser.model_fields),
+            row_schema="nexpo_workflows.sync.datasets:SyncedUser",
         ),
         # What the AI content pipeline published, from the source's records.
         DatasetConfig(
@@ -46,6 +65,7 @@ def builtin_datasets(settings: Settings) -> list[DatasetConfig]:
             source=SyncSource(
                 provider=settings.sync_source,
                 table="nexpo_records",
+                capture=settings.sync_capture,
                 updated_at_column="version",
                 deleted_column="deleted",
                 data_column="data",
@@ -87,6 +107,7 @@ def plan_dataset(settings: Settings, enabled: list[str], name: str) -> SyncPlan:
         dataset=dataset.name,
         source=source,
         targets=targets,
+        capture=dataset.source.capture,
         batch_size=dataset.batch_size or settings.sync_batch_size,
         repair_attempts=settings.sync_repair_attempts,
         batches_per_run=settings.sync_batches_per_run,

@@ -9,14 +9,25 @@ from pydantic import BaseModel, ConfigDict, Field
 DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
 
+class CaptureMode(StrEnum):
+    # The source's log (PostgreSQL logical decoding, a trigger-fed change table in SQLite):
+    # every insert, update and delete, in commit order.
+    LOG = "log"
+    # A keyset on (``updated_at_column``, key): misses hard deletes and rows whose transaction
+    # commits after a newer row was synced. For sources that offer no log.
+    POLL = "poll"
+
+
 class SyncSource(BaseModel):
-    """A table of a SQL provider that a dataset is read from, by keyset on
-    (``updated_at_column``, ``key_column``)."""
+    """A table of a SQL provider that a dataset is read from: its change log, or a keyset on
+    (``updated_at_column``, ``key_column``) when ``capture`` is "poll"."""
 
     provider: str = "postgres"
     table: str = Field(min_length=1, max_length=128)
     key_column: str = "id"
-    # A timestamp (its microseconds since the epoch become the version) or an integer version.
+    capture: CaptureMode = CaptureMode.LOG
+    # Polling only: a timestamp (its microseconds since the epoch become the version) or an
+    # integer version.
     updated_at_column: str = "updated_at"
     # A boolean soft-delete flag: a true row travels as a tombstone. None: rows are never deleted.
     deleted_column: str | None = "deleted"
@@ -36,17 +47,32 @@ class DatasetConfig(BaseModel):
     # "package.module:Model", a pydantic model a row's fields must satisfy; None: any fields.
     row_schema: str | None = Field(default=None, alias="schema")
     batch_size: int | None = Field(default=None, gt=0, le=100_000)
+    # The fields targets receive (None: every field); a secret stays where the source keeps it.
+    columns: list[str] | None = None
+    # Fields targets receive as "sha256:<hex>" of their value: joinable, not readable.
+    masked: list[str] = Field(default_factory=list)
 
     model_config = {"populate_by_name": True}
 
 
+class PositionKind(StrEnum):
+    # Polling: (version, key) of the last row.
+    VERSIONS = "versions"
+    # Log capture's copy of the table: the last key copied; version is the log position the
+    # copy is taken at (the version its rows get in the targets).
+    SNAPSHOT = "snapshot"
+    # Log capture's stream: version is the log position (PostgreSQL LSN, change sequence).
+    LOG = "log"
+
+
 class Watermark(BaseModel):
-    """The last (version, id) synced and verified: the next run reads what comes after."""
+    """Where the verified part of a dataset ends: the next batch reads what comes after."""
 
     model_config = ConfigDict(frozen=True)
 
     version: int
-    id: str
+    id: str = ""
+    kind: PositionKind = PositionKind.VERSIONS
 
 
 class SyncPlan(BaseModel):
@@ -55,6 +81,7 @@ class SyncPlan(BaseModel):
     dataset: str
     source: str
     targets: list[str]
+    capture: CaptureMode = CaptureMode.POLL
     batch_size: int
     repair_attempts: int
     batches_per_run: int
@@ -85,22 +112,33 @@ class SaveWatermarkInput(BaseModel):
     watermark: Watermark
 
 
+class OpenCaptureInput(BaseModel):
+    plan: SyncPlan
+    # Copy the whole table again before streaming on (log capture's full resync).
+    full: bool = False
+
+
 class DetectChangesInput(BaseModel):
     plan: SyncPlan
     after: Watermark | None
-    # Store ``after`` as the dataset's verified watermark first (not in an audit).
+    # Store ``after`` as the dataset's verified watermark (or confirm the log up to it) first;
+    # not in an audit.
     record: bool = True
 
 
 class ChangeBatch(BaseModel):
     """The next rows after ``after``, up to ``last`` inclusive (bounds only: rows stay out of
-    history, and the steps read the range from the source)."""
+    history, and the steps read the range, or the log up to ``last``, from the source)."""
 
     model_config = ConfigDict(frozen=True)
 
     after: Watermark | None
     last: Watermark | None
     count: int
+
+    @property
+    def kind(self) -> PositionKind:
+        return (self.last or self.after or Watermark(version=0)).kind
 
 
 class BatchInput(BaseModel):
@@ -111,6 +149,8 @@ class BatchInput(BaseModel):
 class ValidationOutcome(BaseModel):
     valid: int
     quarantined: int
+    # Rows gone from the source (log capture): deleted from every target.
+    deleted: int = 0
     # Never written to targets; the quarantine holds each with its reason.
     invalid_ids: list[str]
 
@@ -167,6 +207,7 @@ class SyncProgress(BaseModel):
     rows_synced: int = 0
     rows_quarantined: int = 0
     rows_repaired: int = 0
+    rows_deleted: int = 0
     batches: int = 0
     watermark: Watermark | None = None
     runs: int = 1

@@ -1,4 +1,5 @@
-"""Reading a dataset from its source table, by keyset on (version, id).
+"""Reading a dataset from its source table: by keyset on (version, id) when polling, on the
+key alone for log capture's copy of the table, and by key for the keys a log names.
 
 The table is reflected once, so its column types decide how a watermark maps back to SQL
 (a timestamp from microseconds, an integer id from its text) and rows are read with plain
@@ -28,8 +29,14 @@ from sqlalchemy.sql import Select
 
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import ProviderUnavailableError, RecordVersion
-from nexpo_workflows.providers.sql import SQLProvider
-from nexpo_workflows.sync.models import ChangeBatch, SyncSource, Watermark
+from nexpo_workflows.providers.sql import IN_LIST_CHUNK, SQLProvider
+from nexpo_workflows.sync.models import (
+    CaptureMode,
+    ChangeBatch,
+    PositionKind,
+    SyncSource,
+    Watermark,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -79,9 +86,10 @@ class SourceTable:
                     ) from None
                 except (exc.DBAPIError, OSError) as error:
                     raise self._unavailable(error) from error
+                polled = self._source.capture is CaptureMode.POLL
                 wanted = [
                     self._source.key_column,
-                    self._source.updated_at_column,
+                    *([self._source.updated_at_column] if polled else []),
                     *filter(None, [self._source.deleted_column, self._source.data_column]),
                     *self._source.where,
                 ]
@@ -96,6 +104,9 @@ class SourceTable:
     def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
         return ProviderUnavailableError(f"{self._provider.name}: {first_line(error)}")
 
+    def _key_value(self, table: Table, key: str) -> Any:
+        return int(key) if isinstance(table.c[self._source.key_column].type, Integer) else key
+
     def _bound(self, table: Table, mark: Watermark) -> tuple[Any, Any]:
         version_type = table.c[self._source.updated_at_column].type
         if isinstance(version_type, DateTime):
@@ -105,16 +116,23 @@ class SourceTable:
             version: Any = moment.replace(tzinfo=None) if naive else moment
         else:
             version = mark.version
-        integer_key = isinstance(table.c[self._source.key_column].type, Integer)
-        return version, int(mark.id) if integer_key else mark.id
+        return version, self._key_value(table, mark.id)
+
+    def _where(self, table: Table) -> list[ColumnElement[bool]]:
+        return [table.c[name] == value for name, value in self._source.where.items()]
 
     def _range(
         self, table: Table, after: Watermark | None, last: Watermark | None
     ) -> list[ColumnElement[bool]]:
-        updated, key = table.c[self._source.updated_at_column], table.c[self._source.key_column]
-        clauses: list[ColumnElement[bool]] = [
-            table.c[name] == value for name, value in self._source.where.items()
-        ]
+        key = table.c[self._source.key_column]
+        clauses = self._where(table)
+        if (last or after or Watermark(version=0)).kind is PositionKind.SNAPSHOT:
+            if after is not None and after.id:
+                clauses.append(key > self._key_value(table, after.id))
+            if last is not None:
+                clauses.append(key <= self._key_value(table, last.id))
+            return clauses
+        updated = table.c[self._source.updated_at_column]
         # Each bound also as a plain range on the version, implied by the keyset condition:
         # the OR alone is no index condition, so every batch would scan the rows before it.
         if after is not None:
@@ -136,45 +154,80 @@ class SourceTable:
         except (exc.DBAPIError, OSError) as error:
             raise self._unavailable(error) from error
 
-    def _ordered(self, table: Table, statement: Select[Any]) -> Select[Any]:
-        return statement.order_by(
-            table.c[self._source.updated_at_column], table.c[self._source.key_column]
-        )
+    def _ordered(self, table: Table, statement: Select[Any], kind: PositionKind) -> Select[Any]:
+        key = table.c[self._source.key_column]
+        if kind is PositionKind.SNAPSHOT:
+            return statement.order_by(key)
+        return statement.order_by(table.c[self._source.updated_at_column], key)
 
     async def next_batch(self, after: Watermark | None, limit: int) -> ChangeBatch:
-        """The next ``limit`` rows after ``after``, in keyset order: their count and last key."""
+        """The next ``limit`` rows after ``after``, in keyset order: their count and last key.
+        A SNAPSHOT ``after`` (the copy's version, the last key copied or "") orders by key."""
         table = await self._reflected()
-        key, updated = table.c[self._source.key_column], table.c[self._source.updated_at_column]
+        key = table.c[self._source.key_column]
+        kind = after.kind if after is not None else PositionKind.VERSIONS
+        if kind is PositionKind.SNAPSHOT:
+            columns = [key]
+        else:
+            columns = [table.c[self._source.updated_at_column], key]
         statement = self._ordered(
-            table, select(updated, key).where(*self._range(table, after, None)).limit(limit)
+            table, select(*columns).where(*self._range(table, after, None)).limit(limit), kind
         )
         keys = await self._fetch(statement)
         if not keys:
             return ChangeBatch(after=after, last=None, count=0)
-        version, key_value = keys[-1]
-        last = Watermark(version=to_version(version), id=str(key_value))
+        if after is not None and kind is PositionKind.SNAPSHOT:
+            last = after.model_copy(update={"id": str(keys[-1][0])})
+        else:
+            version, key_value = keys[-1]
+            last = Watermark(version=to_version(version), id=str(key_value))
         return ChangeBatch(after=after, last=last, count=len(keys))
+
+    def _source_row(self, values: dict[str, Any], version: int) -> SourceRow:
+        source = self._source
+        deleted = bool(values.pop(source.deleted_column)) if source.deleted_column else False
+        data = values[source.data_column] if source.data_column else values
+        return SourceRow(
+            id=str(values[source.key_column]),
+            version=version,
+            deleted=deleted,
+            data=dict(data or {}),
+        )
 
     async def rows(self, after: Watermark | None, last: Watermark | None) -> list[SourceRow]:
         """Every row in (after, last], with its fields as the source holds them."""
         table = await self._reflected()
-        source = self._source
-        statement = self._ordered(table, select(table).where(*self._range(table, after, last)))
+        kind = (last or after or Watermark(version=0)).kind
+        statement = self._ordered(
+            table, select(table).where(*self._range(table, after, last)), kind
+        )
         # Names zipped with each row: Row._asdict() rebuilds its key view for every row.
         names = table.c.keys()
         found = []
         for row in await self._fetch(statement):
             values = dict(zip(names, row, strict=True))
-            deleted = bool(values.pop(source.deleted_column)) if source.deleted_column else False
-            data = values[source.data_column] if source.data_column else values
-            found.append(
-                SourceRow(
-                    id=str(values[source.key_column]),
-                    version=to_version(values[source.updated_at_column]),
-                    deleted=deleted,
-                    data=dict(data or {}),
-                )
+            version = (
+                to_version(values[self._source.updated_at_column])
+                if kind is PositionKind.VERSIONS
+                else (last or after or Watermark(version=0)).version
             )
+            found.append(self._source_row(values, version))
+        return found
+
+    async def rows_by_key(self, versions: dict[str, int]) -> list[SourceRow]:
+        """The rows of these keys that are in the dataset now, each with the given version
+        (its last change's log position); a key not returned is gone from the dataset."""
+        table = await self._reflected()
+        key = table.c[self._source.key_column]
+        names = table.c.keys()
+        found = []
+        wanted = list(versions)
+        for start in range(0, len(wanted), IN_LIST_CHUNK):
+            chunk = [self._key_value(table, k) for k in wanted[start : start + IN_LIST_CHUNK]]
+            statement = select(table).where(*self._where(table), key.in_(chunk))
+            for row in await self._fetch(statement):
+                values = dict(zip(names, row, strict=True))
+                found.append(self._source_row(values, versions[str(values[key.name])]))
         return found
 
     async def versions(
@@ -184,6 +237,7 @@ class SourceTable:
         compares with the targets, without reading the fields."""
         table = await self._reflected()
         source = self._source
+        assert (last or after or Watermark(version=0)).kind is PositionKind.VERSIONS
         columns = [table.c[source.key_column], table.c[source.updated_at_column]]
         if source.deleted_column:
             columns.append(table.c[source.deleted_column])

@@ -1,8 +1,10 @@
 """DataSyncWorkflow: detect, validate, sync and verify a dataset batch by batch.
 
-The watermark moves only past a verified batch, so a run interrupted anywhere (a worker
-killed, a target down) resumes from the last verified range: every step is idempotent and a
-range is rewritten whole, hence no duplicate and no gap. Runs continue as new every
+A dataset is read from its source's change log (after a first copy of the table), or by
+polling a version column. The position (the log's confirmed position, the copy's last key, the
+watermark) moves only past a verified batch, so a run interrupted anywhere (a worker killed, a
+target down) resumes from the last verified batch: every step is idempotent and a batch is
+rewritten whole, hence no duplicate and no gap. Runs continue as new every
 ``batches_per_run`` batches, so history stays bounded whatever the number of rows.
 """
 
@@ -19,9 +21,11 @@ from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlrea
 with workflow.unsafe.imports_passed_through():
     from nexpo_workflows.sync.models import (
         BatchInput,
+        CaptureMode,
         ChangeBatch,
         DetectChangesInput,
         LoadWatermarkInput,
+        OpenCaptureInput,
         PlanSyncInput,
         SyncBatchInput,
         SyncInput,
@@ -89,7 +93,11 @@ class DataSyncWorkflow:
             raise_refusal(error)
         self._plan = plan
         progress = self._progress
-        if input.carry is None and not (input.full or input.audit):
+        if input.carry is None and plan.capture is CaptureMode.LOG and not input.audit:
+            progress.watermark = await self._step(
+                "open_capture", OpenCaptureInput(plan=plan, full=input.full), Watermark | None
+            )
+        elif input.carry is None and not (input.full or input.audit):
             progress.watermark = await self._step(
                 "load_watermark", LoadWatermarkInput(plan=plan), Watermark | None
             )
@@ -212,6 +220,7 @@ class DataSyncWorkflow:
         progress.rows_seen += batch.count
         progress.rows_quarantined += validation.quarantined
         progress.rows_synced += validation.valid
+        progress.rows_deleted += validation.deleted
         progress.batches += 1
         progress.watermark = batch.last
 
