@@ -38,6 +38,7 @@ from tests.servers.cosmosdb import EMULATOR_KEY, running_cosmosdb
 from tests.servers.mongodb import running_mongodb
 from tests.servers.postgres import fresh_database, logical_server
 from tests.servers.supabase import running_supabase
+from tests.sync_source import ITEMS_DATASET, Source
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -270,6 +271,32 @@ async def provider_servers(postgres_url: str) -> AsyncIterator[dict[str, Any]]:
             "supabase_table": supabase.table,
             "enable_sqlite": True,
         }
+
+
+@pytest.fixture
+async def source_url(logical_postgres: str) -> AsyncIterator[str]:
+    """A database holding the sync tests' items table (on the logical cluster)."""
+    async with fresh_database(logical_postgres) as url:
+        await Source(url).create_table()
+        yield url
+
+
+@pytest.fixture
+def source(source_url: str) -> Source:
+    return Source(source_url)
+
+
+@pytest.fixture
+def sync_settings(make_settings: Callable[..., Settings], source_url: str) -> Settings:
+    return make_settings(
+        enable_postgres=True,
+        postgres_url=source_url,
+        enable_sqlite=True,
+        sync_batch_size=40,
+        sync_batches_per_run=3,
+        sync_step_deadline_seconds=60,
+        sync_datasets=[ITEMS_DATASET],
+    )
 
 
 @pytest.fixture

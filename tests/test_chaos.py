@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -30,15 +31,13 @@ from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
 from nexpo_workflows.devserver import DevServer, start_dev_server
 from nexpo_workflows.ports import free_port
-from nexpo_workflows.providers import RecordVersion
-from nexpo_workflows.sync.activities import checksum
 from nexpo_workflows.sync.models import SyncInput, SyncResult
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.users.models import OnboardingInput, SagaResult
 from nexpo_workflows.users.workflows import UserOnboardingWorkflow
 from tests.servers.mongodb import running_mongodb
 from tests.servers.postgres import fresh_database
-from tests.test_sync import DATASET, ITEMS_DATASET, Source
+from tests.sync_source import DATASET, ITEMS_DATASET, Source
 
 ONBOARDINGS = 500  # distinct emails; 50 more sagas compete for some of them
 SYNCED_ROWS = 3000  # rows of the sync run, in batches small enough to span the chaos
@@ -85,8 +84,13 @@ class Workers:
 
 
 @contextlib.asynccontextmanager
-async def chaos_stack(tmp_path: Path) -> AsyncIterator[tuple[Settings, dict[str, str]]]:
-    async with fresh_database() as postgres_url, running_mongodb() as mongodb_url:
+async def chaos_stack(
+    tmp_path: Path, postgres_admin_url: str
+) -> AsyncIterator[tuple[Settings, dict[str, str]]]:
+    async with (
+        fresh_database(postgres_admin_url) as postgres_url,
+        running_mongodb() as mongodb_url,
+    ):
         source = Source(postgres_url)
         await source.create_table()
         await source.insert(SYNCED_ROWS)
@@ -124,7 +128,7 @@ async def chaos_stack(tmp_path: Path) -> AsyncIterator[tuple[Settings, dict[str,
             "SYNC_DATASETS": json.dumps([ITEMS_DATASET]),
             "SYNC_BATCH_SIZE": "100",
             "SYNC_BATCHES_PER_RUN": "10",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
             "LOG_LEVEL": "ERROR",
         }
         yield settings, env
@@ -143,27 +147,35 @@ async def sync_result(handle: WorkflowHandle[Any, SyncResult]) -> str:
     return await closed_status(handle, lambda error: f"failed: {error.cause}")
 
 
+def content_digest(rows: dict[str, tuple[bool, Any]]) -> str:
+    """One SHA-256 over every row's id, tombstone flag and fields."""
+    canonical = json.dumps(sorted(rows.items()), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 async def sync_checksums(settings: Settings) -> dict[str, str]:
-    """The checksum of the items at the source and in each target, read directly."""
-    versions = {"postgres": await Source(settings.postgres_url.get_secret_value()).versions()}
+    """A digest of the items' content at the source and in each target, read directly."""
+    contents: dict[str, dict[str, tuple[bool, Any]]] = {
+        "postgres": await Source(settings.postgres_url.get_secret_value()).contents()
+    }
     with sqlite3.connect(settings.sqlite_file) as db:
-        versions["sqlite"] = [
-            RecordVersion(id=i, version=v, deleted=bool(d))
-            for i, v, d in db.execute(
-                "SELECT id, version, deleted FROM nexpo_records WHERE dataset = ?", (DATASET,)
+        contents["sqlite"] = {
+            i: (bool(d), json.loads(data))
+            for i, d, data in db.execute(
+                "SELECT id, deleted, data FROM nexpo_records WHERE dataset = ?", (DATASET,)
             )
-        ]
-    mongo_client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        }
+    mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongodb_url.get_secret_value()
     )
     try:
-        versions["mongodb"] = [
-            RecordVersion.model_validate(doc)
+        contents["mongodb"] = {
+            str(doc["id"]): (bool(doc["deleted"]), doc["data"])
             async for doc in mongo_client["chaos"]["nexpo_records"].find({"dataset": DATASET})
-        ]
+        }
     finally:
         await mongo_client.close()
-    return {name: checksum(found) for name, found in versions.items()}
+    return {name: content_digest(found) for name, found in contents.items()}
 
 
 async def start_with_retries(
@@ -235,7 +247,9 @@ async def read_all(settings: Settings) -> dict[str, list[tuple[str, str]]]:
     return {"postgres": postgres, "sqlite": sqlite, "mongodb": mongodb}
 
 
-async def test_chaos_onboardings_leave_every_user_everywhere_or_nowhere(tmp_path: Path) -> None:
+async def test_chaos_onboardings_leave_every_user_everywhere_or_nowhere(
+    tmp_path: Path, logical_postgres: str
+) -> None:
     port = free_port()
     db_file = tmp_path / "temporal.db"
 
@@ -245,7 +259,7 @@ async def test_chaos_onboardings_leave_every_user_everywhere_or_nowhere(tmp_path
         )
 
     server = await start_server()
-    async with chaos_stack(tmp_path) as (settings, env):
+    async with chaos_stack(tmp_path, logical_postgres) as (settings, env):
         settings = settings.model_copy(update={"temporal_server_url": server.address})
         env["TEMPORAL_SERVER_URL"] = server.address
         client = await connect(settings)

@@ -31,18 +31,12 @@ from nexpo_workflows.sync.schedules import (
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.worker import build_worker
 from tests.conftest import API_KEY, run_cli
-from tests.test_sync import (
+from tests.sync_source import (
     DATASET,
     Source,
     assert_targets_equal_source,
     eventually,
-    source,
-    source_url,
-    sync_settings,
 )
-
-# pytest finds fixtures by their names in the module: test_sync's, imported and not copied.
-SHARED_FIXTURES = (source, source_url, sync_settings)
 
 
 async def stop_leftovers(client: Client, settings: Settings) -> None:

@@ -40,14 +40,21 @@ async def fresh_database(admin_url: str = ADMIN_URL) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
         yield database_url(name, admin_url)
     finally:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-        )
-        await admin.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-            " WHERE database = $1 AND NOT active",
-            name,
-        )
+        # A slot is released by its session a moment after that session is terminated.
+        for _ in range(100):
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            await admin.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE database = $1 AND NOT active",
+                name,
+            )
+            if not await admin.fetchval(
+                "SELECT count(*) FROM pg_replication_slots WHERE database = $1", name
+            ):
+                break
+            await asyncio.sleep(0.05)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 

@@ -44,6 +44,7 @@ from nexpo_workflows.sync.datasets import (
 from nexpo_workflows.sync.models import (
     BatchInput,
     CaptureMode,
+    CaptureStart,
     ChangeBatch,
     DatasetConfig,
     DetectChangesInput,
@@ -83,16 +84,20 @@ class PreparedBatch:
 @dataclass(slots=True)
 class SnapshotState:
     """Log capture's copy of the table: the log position it is taken at, the last key copied
-    and verified, and whether it is complete (then the log is streamed)."""
+    and verified, the largest key when the copy began, and whether it is complete (then the
+    log is streamed)."""
 
     version: int
     after: str = ""
+    # Read after the log's start: a row with a larger key was inserted since, and is in the
+    # log, so the copy ends here even while the table grows. None: the table was empty.
+    until: str | None = None
     done: bool = False
 
 
 def content_version(record: DatasetRecord) -> int:
-    """A number that changes with the record's fields: what verifies a copy of the table, whose
-    target rows may carry a later log position than the copy's."""
+    """A number that changes with the record's fields: what an audit of a log-captured dataset
+    compares, since target rows carry the log positions of their changes."""
     return int.from_bytes(hashlib.sha256(to_json(record.data)).digest()[:6], "big")
 
 
@@ -185,10 +190,16 @@ class SyncActivities:
             if batch.kind is not PositionKind.LOG:
                 return await source.rows(batch.after, batch.last), []
             assert batch.last is not None
-            segment = await self._log(plan).read(upto=batch.last.version)
-            rows = await source.rows_by_key(segment.changes)
-            present = {row.id for row in rows}
-            return rows, [key for key in segment.changes if key not in present]
+            changes = (await self._log(plan).read(upto=batch.last.version)).changes
+            found = await source.rows_by_key({key: at for key, (at, _) in changes.items()})
+            # Where the table no longer agrees with a key's last change in the batch (a row
+            # deleted since, or inserted again), a later change of the key follows in the log:
+            # that key is left to its batch, so each batch's outcome stays what its log says.
+            rows = [row for row in found if not changes[row.id][1]]
+            present = {row.id for row in found}
+            return rows, [
+                key for key, (_, removed) in changes.items() if removed and key not in present
+            ]
 
     async def _prepare(self, plan: SyncPlan, batch: ChangeBatch) -> PreparedBatch:
         """The batch as targets receive it: its valid rows, its invalid rows as quarantined,
@@ -224,6 +235,11 @@ class SyncActivities:
             self._validated.popitem(last=False)
         return prepared
 
+    async def _prepared(self, plan: SyncPlan, batch: ChangeBatch, *, fresh: bool) -> PreparedBatch:
+        """The batch as this worker last prepared it, unless ``fresh`` (or it did not)."""
+        kept = None if fresh else self._validated.get((plan.dataset, batch))
+        return kept if kept is not None else await self._prepare(plan, batch)
+
     async def _load_state(self, plan: SyncPlan) -> tuple[Watermark | None, SnapshotState | None]:
         """The dataset's stored position: a polling watermark, or log capture's copy state."""
         try:
@@ -236,7 +252,8 @@ class SyncActivities:
             return None, None
         record = stored[0]
         if record.data.get("capture") == CaptureMode.LOG:
-            state = SnapshotState(record.version, record.data["after"], record.data["done"])
+            data = record.data
+            state = SnapshotState(record.version, data["after"], data["until"], data["done"])
             return None, state
         return Watermark(version=record.version, id=record.data["id"]), None
 
@@ -252,7 +269,12 @@ class SyncActivities:
             DatasetRecord(
                 id=plan.dataset,
                 version=state.version,
-                data={"capture": CaptureMode.LOG, "after": state.after, "done": state.done},
+                data={
+                    "capture": CaptureMode.LOG,
+                    "after": state.after,
+                    "until": state.until,
+                    "done": state.done,
+                },
             ),
         )
 
@@ -272,9 +294,10 @@ class SyncActivities:
         return watermark
 
     @activity.defn(name="open_capture")
-    async def open_capture(self, input: OpenCaptureInput) -> Watermark | None:
-        """Create the dataset's change log if it is missing; where the run starts: in the copy
-        of the table (a new log, a full resync, a copy not finished), or None: the log."""
+    async def open_capture(self, input: OpenCaptureInput) -> CaptureStart:
+        """Create the dataset's change log if it is missing; where the run starts (in the copy
+        of the table: a new log, a full resync, a copy not finished; or in the log) and the
+        position it ends at."""
         plan, log = input.plan, self._log(input.plan)
         try:
             created = await log.ensure()
@@ -284,15 +307,18 @@ class SyncActivities:
                 # may read rows at any later moment: what it misses or reads early, the log
                 # brings.
                 start = created if created is not None else await log.position()
-                state = SnapshotState(version=start)
+                last_key = await self._source(plan).last_key()
+                state = SnapshotState(version=start, until=last_key, done=last_key is None)
                 await self._save_snapshot(plan, state)
-        except CaptureRefusedError as error:
+            until = await log.current()
+        except (SourceConfigError, CaptureRefusedError) as error:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
         if state.done:
-            return None
-        return Watermark(kind=PositionKind.SNAPSHOT, version=state.version, id=state.after)
+            return CaptureStart(after=None, until=until)
+        after = Watermark(kind=PositionKind.SNAPSHOT, version=state.version, id=state.after)
+        return CaptureStart(after=after, until=until)
 
     @activity.defn(name="detect_changes")
     async def detect_changes(self, input: DetectChangesInput) -> ChangeBatch:
@@ -330,17 +356,20 @@ class SyncActivities:
         if after is not None and after.kind is PositionKind.LOG:
             await log.confirm(after.version)
         if after is not None and after.kind is PositionKind.SNAPSHOT:
-            await self._save_snapshot(plan, SnapshotState(after.version, after.id))
-            batch = await self._source(plan).next_batch(after, plan.batch_size)
+            _, state = await self._load_state(plan)
+            assert state is not None  # open_capture saved it
+            state.after = after.id
+            batch = await self._source(plan).next_batch(after, plan.batch_size, state.until)
+            state.done = batch.count == 0
+            await self._save_snapshot(plan, state)
             if batch.count:
                 return batch
-            await self._save_snapshot(plan, SnapshotState(after.version, after.id, done=True))
-        segment = await log.read(limit=plan.batch_size)
+        segment = await log.read(limit=plan.batch_size, upto=input.until)
         # Transactions that changed no row of the dataset: confirmed at once, or the log
         # would be held for them.
         while segment.end is not None and not segment.changes:
             await log.confirm(segment.end)
-            segment = await log.read(limit=plan.batch_size)
+            segment = await log.read(limit=plan.batch_size, upto=input.until)
         oldest = segment.oldest_commit
         _record_lag(plan, max((datetime.now(UTC) - oldest).total_seconds(), 0.0) if oldest else 0.0)
         start = Watermark(kind=PositionKind.LOG, version=segment.start)
@@ -379,12 +408,10 @@ class SyncActivities:
         """Write the batch to one target: one bulk upsert of its valid rows, one delete of the
         keys gone from the source (both idempotent)."""
         plan, batch = input.plan, input.batch
-        # A repair reads the source again: what differs may be a row that arrived late.
-        prepared = (
-            None if input.only_ids is not None else self._validated.get((plan.dataset, batch))
-        )
-        if prepared is None:
-            prepared = await self._prepare(plan, batch)
+        # A repair reads the source again (what differs may be a row that arrived late), except
+        # in a copy of the table, which repairs what it wrote.
+        repair = input.only_ids is not None and batch.kind is not PositionKind.SNAPSHOT
+        prepared = await self._prepared(plan, batch, fresh=repair)
         skip, only = set(input.skip_ids), set(input.only_ids or ())
         records = [
             record
@@ -403,19 +430,22 @@ class SyncActivities:
         return TargetWrite(target=input.target, written=len(records) + len(gone))
 
     async def _expected(
-        self, plan: SyncPlan, batch: ChangeBatch, skip: set[str]
+        self, plan: SyncPlan, batch: ChangeBatch, skip: set[str], *, by_content: bool
     ) -> tuple[list[RecordVersion], list[str]]:
         """What every target must hold for the batch now: (id, version, tombstone) of each row,
-        and the keys it must not hold. A copy of the table compares content, not versions."""
+        and the keys it must not hold."""
         if batch.kind is PositionKind.VERSIONS:
             versions = await self._source(plan).versions(batch.after, batch.last)
             return [v for v in versions if v.id not in skip], []
-        prepared = await self._prepare(plan, batch)
-        snapshot = batch.kind is PositionKind.SNAPSHOT
+        # A copy of the table is checked against the rows it wrote: a row inserted into a
+        # copied range since is in the log, and arrives with it. An audit and the log's
+        # changes are checked against the source as it is now.
+        copy = batch.kind is PositionKind.SNAPSHOT and not by_content
+        prepared = await self._prepared(plan, batch, fresh=not copy)
         expected = [
             RecordVersion(
                 id=r.id,
-                version=content_version(r) if snapshot else r.version,
+                version=content_version(r) if by_content else r.version,
                 deleted=r.deleted,
             )
             for r in prepared.records
@@ -424,10 +454,10 @@ class SyncActivities:
         return expected, prepared.gone
 
     async def _held(
-        self, plan: SyncPlan, batch: ChangeBatch, target: str, ids: list[str]
+        self, plan: SyncPlan, target: str, ids: list[str], *, by_content: bool
     ) -> list[RecordVersion]:
         provider = self._provider(target)
-        if batch.kind is not PositionKind.SNAPSHOT:
+        if not by_content:
             return await provider.record_versions(plan.dataset, ids)
         return [
             RecordVersion(id=r.id, version=content_version(r), deleted=r.deleted)
@@ -439,13 +469,18 @@ class SyncActivities:
         """Compare the batch between the source and every target: count and checksum over
         ids and versions; the differing ids of each target that does not match (a row missing
         or different, a key that should be gone)."""
-        plan, batch = input.plan, input.batch
+        plan, batch, by_content = input.plan, input.batch, input.by_content
         try:
-            expected, gone = await self._expected(plan, batch, set(input.skip_ids))
+            expected, gone = await self._expected(
+                plan, batch, set(input.skip_ids), by_content=by_content
+            )
             ids = [v.id for v in expected] + gone
             async with heartbeating("reading the targets"):
                 found = await asyncio.gather(
-                    *(self._held(plan, batch, target, ids) for target in plan.targets)
+                    *(
+                        self._held(plan, target, ids, by_content=by_content)
+                        for target in plan.targets
+                    )
                 )
         except SourceConfigError as error:
             raise _refusal(error) from error

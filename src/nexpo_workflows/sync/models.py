@@ -118,9 +118,20 @@ class OpenCaptureInput(BaseModel):
     full: bool = False
 
 
+class CaptureStart(BaseModel):
+    """Where a log-captured run starts (in the copy of the table; None: in the log) and the log
+    position it ends at: the source's latest change when it started, so a run under steady
+    writes ends, and the next one takes what came since."""
+
+    after: Watermark | None
+    until: int
+
+
 class DetectChangesInput(BaseModel):
     plan: SyncPlan
     after: Watermark | None
+    # Log capture: read no change past this position.
+    until: int | None = None
     # Store ``after`` as the dataset's verified watermark (or confirm the log up to it) first;
     # not in an audit.
     record: bool = True
@@ -173,6 +184,9 @@ class VerifyInput(BaseModel):
     plan: SyncPlan
     batch: ChangeBatch
     skip_ids: list[str] = Field(default_factory=list)
+    # Compare the rows' fields, not their versions (an audit of a log-captured dataset, whose
+    # target rows carry the log positions of their last changes).
+    by_content: bool = False
 
 
 class TargetMismatch(BaseModel):
@@ -210,6 +224,8 @@ class SyncProgress(BaseModel):
     rows_deleted: int = 0
     batches: int = 0
     watermark: Watermark | None = None
+    # Log capture: the position this run ends at (see CaptureStart).
+    until: int | None = None
     runs: int = 1
 
 

@@ -160,9 +160,21 @@ class SourceTable:
             return statement.order_by(key)
         return statement.order_by(table.c[self._source.updated_at_column], key)
 
-    async def next_batch(self, after: Watermark | None, limit: int) -> ChangeBatch:
+    async def last_key(self) -> str | None:
+        """The dataset's largest key, None when it has no row."""
+        table = await self._reflected()
+        key = table.c[self._source.key_column]
+        rows = await self._fetch(
+            select(key).where(*self._where(table)).order_by(key.desc()).limit(1)
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def next_batch(
+        self, after: Watermark | None, limit: int, until: str | None = None
+    ) -> ChangeBatch:
         """The next ``limit`` rows after ``after``, in keyset order: their count and last key.
-        A SNAPSHOT ``after`` (the copy's version, the last key copied or "") orders by key."""
+        A SNAPSHOT ``after`` (the copy's version, the last key copied or "") orders by key and
+        ends at the key ``until``."""
         table = await self._reflected()
         key = table.c[self._source.key_column]
         kind = after.kind if after is not None else PositionKind.VERSIONS
@@ -170,8 +182,9 @@ class SourceTable:
             columns = [key]
         else:
             columns = [table.c[self._source.updated_at_column], key]
+        last = after.model_copy(update={"id": until}) if after and until is not None else None
         statement = self._ordered(
-            table, select(*columns).where(*self._range(table, after, None)).limit(limit), kind
+            table, select(*columns).where(*self._range(table, after, last)).limit(limit), kind
         )
         keys = await self._fetch(statement)
         if not keys:

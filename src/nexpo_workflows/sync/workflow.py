@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from nexpo_workflows.sync.models import (
         BatchInput,
         CaptureMode,
+        CaptureStart,
         ChangeBatch,
         DetectChangesInput,
         LoadWatermarkInput,
@@ -94,9 +95,10 @@ class DataSyncWorkflow:
         self._plan = plan
         progress = self._progress
         if input.carry is None and plan.capture is CaptureMode.LOG and not input.audit:
-            progress.watermark = await self._step(
-                "open_capture", OpenCaptureInput(plan=plan, full=input.full), Watermark | None
+            start: CaptureStart = await self._step(
+                "open_capture", OpenCaptureInput(plan=plan, full=input.full), CaptureStart
             )
+            progress.watermark, progress.until = start.after, start.until
         elif input.carry is None and not (input.full or input.audit):
             progress.watermark = await self._step(
                 "load_watermark", LoadWatermarkInput(plan=plan), Watermark | None
@@ -111,12 +113,17 @@ class DataSyncWorkflow:
             progress.phase = SyncPhase.DETECTING
             batch: ChangeBatch = await self._step(
                 "detect_changes",
-                DetectChangesInput(plan=plan, after=progress.watermark, record=not input.audit),
+                DetectChangesInput(
+                    plan=plan,
+                    after=progress.watermark,
+                    until=progress.until,
+                    record=not input.audit,
+                ),
                 ChangeBatch,
             )
             if batch.count == 0:
                 break
-            await self._sync_batch(plan, batch, write=not input.audit)
+            await self._sync_batch(plan, batch, audit=input.audit)
             batches_this_run += 1
         progress.phase = SyncPhase.DONE
         workflow.logger.info(
@@ -181,18 +188,19 @@ class DataSyncWorkflow:
             )
         )
 
-    async def _sync_batch(self, plan: SyncPlan, batch: ChangeBatch, *, write: bool) -> None:
+    async def _sync_batch(self, plan: SyncPlan, batch: ChangeBatch, *, audit: bool) -> None:
         progress = self._progress
         progress.phase = SyncPhase.VALIDATING
         validation: ValidationOutcome = await self._step(
             "validate_data", BatchInput(plan=plan, batch=batch), ValidationOutcome
         )
         skip = validation.invalid_ids
-        if write:
+        by_content = audit and plan.capture is CaptureMode.LOG
+        if not audit:
             progress.phase = SyncPhase.SYNCING
             await self._write(plan, batch, skip, dict.fromkeys(plan.targets))
         progress.phase = SyncPhase.VERIFYING
-        mismatches = await self._verify(plan, batch, skip)
+        mismatches = await self._verify(plan, batch, skip, by_content)
         for _ in range(plan.repair_attempts):
             if not mismatches:
                 break
@@ -200,7 +208,7 @@ class DataSyncWorkflow:
             progress.rows_repaired += sum(len(m.ids) for m in mismatches)
             await self._write(plan, batch, skip, {m.target: m.ids for m in mismatches})
             progress.phase = SyncPhase.VERIFYING
-            mismatches = await self._verify(plan, batch, skip)
+            mismatches = await self._verify(plan, batch, skip, by_content)
         if mismatches:
             progress.phase = SyncPhase.FAILED
             result = SyncResult(
@@ -225,9 +233,11 @@ class DataSyncWorkflow:
         progress.watermark = batch.last
 
     async def _verify(
-        self, plan: SyncPlan, batch: ChangeBatch, skip: list[str]
+        self, plan: SyncPlan, batch: ChangeBatch, skip: list[str], by_content: bool
     ) -> list[TargetMismatch]:
         outcome: VerifyOutcome = await self._step(
-            "verify_sync", VerifyInput(plan=plan, batch=batch, skip_ids=skip), VerifyOutcome
+            "verify_sync",
+            VerifyInput(plan=plan, batch=batch, skip_ids=skip, by_content=by_content),
+            VerifyOutcome,
         )
         return outcome.mismatches

@@ -40,9 +40,10 @@ class LogSegment:
     # (None: nothing pending).
     start: int
     end: int | None = None
-    # Each changed key and the position of its last change, in the order of those changes.
-    # Whether the key was upserted or deleted is what the table holds when it is read.
-    changes: dict[str, int] = field(default_factory=dict)
+    # Each changed key: the position of its last change and whether that change removed the
+    # row from the dataset (a delete, an update that moved it out), in the order of those
+    # changes.
+    changes: dict[str, tuple[int, bool]] = field(default_factory=dict)
     # Every change read, before netting per key.
     count: int = 0
     # When the oldest transaction of the segment committed (lag in seconds).
@@ -81,6 +82,10 @@ class ChangeLog(ABC):
     @abstractmethod
     async def position(self) -> int:
         """The confirmed position: everything up to it reached every target."""
+
+    @abstractmethod
+    async def current(self) -> int:
+        """The position of the source's latest change (where a run that started now ends)."""
 
     @abstractmethod
     async def read(self, *, limit: int | None = None, upto: int | None = None) -> LogSegment:

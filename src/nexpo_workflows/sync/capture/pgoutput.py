@@ -8,7 +8,6 @@ Message layouts: https://www.postgresql.org/docs/15/protocol-logicalrep-message-
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -86,10 +85,11 @@ class ChangeDecoder:
         self._where = where
         self._relations: dict[int, Relation] = {}
         self.segment = LogSegment(start=start)
-        self._pending: list[str] = []
+        # The current transaction's changes: (key, removed from the dataset).
+        self._pending: list[tuple[str, bool]] = []
 
     def _belongs(self, relation: Relation, row: list[str | None]) -> bool:
-        """False only when a text column of ``where`` shows the row is another dataset's."""
+        """False only when a text column of ``where`` shows the row is not the dataset's."""
         for name, expected in self._where.items():
             if name in relation.columns:
                 index = relation.columns.index(name)
@@ -102,15 +102,23 @@ class ChangeDecoder:
             return None
         return row[relation.columns.index(self._key_column)]
 
-    def _keep(self, relation: Relation, rows: Iterable[list[str | None]]) -> None:
-        rows = list(rows)
-        if not any(self._belongs(relation, row) for row in rows):
+    def _keep(self, relation: Relation, kind: str, rows: list[list[str | None]]) -> None:
+        """An insert keeps its row's key; a delete removes its key unless the key's tuple shows
+        another dataset's row; an update removes the old key when the key changed, and keeps
+        the new one, or removes it when the new row left the dataset."""
+        *old, new = rows
+        if kind == "D":
+            if self._belongs(relation, new):
+                self._record(self._key(relation, new), removed=True)
             return
-        for row in rows:
-            key = self._key(relation, row)
-            if key is not None:
-                self._pending.append(key)
-                self.segment.count += 1
+        if old and (previous := self._key(relation, old[0])) != self._key(relation, new):
+            self._record(previous, removed=True)
+        self._record(self._key(relation, new), removed=not self._belongs(relation, new))
+
+    def _record(self, key: str | None, *, removed: bool) -> None:
+        if key is not None:
+            self._pending.append((key, removed))
+            self.segment.count += 1
 
     def feed(self, message: bytes) -> None:
         reader = _Reader(message)
@@ -125,10 +133,10 @@ class ChangeDecoder:
             reader.byte()  # flags
             reader.int64()  # commit LSN
             end = reader.int64()
-            for key in self._pending:
+            for key, removed in self._pending:
                 # Re-inserted so the dict keeps the order of each key's last change.
                 self.segment.changes.pop(key, None)
-                self.segment.changes[key] = end
+                self.segment.changes[key] = (end, removed)
             self.segment.end = end
             self._pending = []
         elif kind == "R":
@@ -150,7 +158,7 @@ class ChangeDecoder:
                 marker = reader.byte()  # "K" key, "O" old row, "N" new row
                 if marker in "KON":
                     rows.append(reader.tuple())
-            self._keep(relation, rows)
+            self._keep(relation, kind, rows)
         elif kind == "T":
             raise CaptureLostError(
                 "the source table was truncated, which a change log cannot replay row by row: "

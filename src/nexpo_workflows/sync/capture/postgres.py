@@ -195,6 +195,14 @@ class PostgresChangeLog(ChangeLog):
         position: int = await self._run(self._confirmed)
         return position
 
+    async def current(self) -> int:
+        async def now(connection: AsyncConnection) -> int:
+            lsn = (await connection.execute(text("SELECT pg_current_wal_lsn()::text"))).scalar_one()
+            return lsn_to_int(lsn)
+
+        position: int = await self._run(now)
+        return position
+
     async def read(self, *, limit: int | None = None, upto: int | None = None) -> LogSegment:
         async def peek(connection: AsyncConnection) -> LogSegment:
             decoder = ChangeDecoder(

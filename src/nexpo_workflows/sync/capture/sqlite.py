@@ -27,13 +27,14 @@ from nexpo_workflows.sync.capture.base import (
 )
 
 T = TypeVar("T")
-_OPERATIONS = {"insert": ["NEW"], "update": ["OLD", "NEW"], "delete": ["OLD"]}
+_OPERATIONS = ["insert", "update", "delete"]
 # julianday() counts days; the change table stores when each change was recorded.
 _JULIAN_UNIX_EPOCH = 2440587.5
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS nexpo_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " dataset TEXT NOT NULL, key TEXT NOT NULL, recorded REAL NOT NULL)",
+    " dataset TEXT NOT NULL, key TEXT NOT NULL, removed INTEGER NOT NULL,"
+    " recorded REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS nexpo_changes_by_dataset ON nexpo_changes (dataset, seq)",
     "CREATE TABLE IF NOT EXISTS nexpo_change_positions (dataset TEXT PRIMARY KEY,"
     " seq INTEGER NOT NULL)",
@@ -80,17 +81,32 @@ class SQLiteChangeLog(ChangeLog):
             if await self._installed(connection):
                 return None
             key = quote(self._source.key_column)
-            for operation, rows in _OPERATIONS.items():
-                # An update that changes the key records both keys: the old one is gone.
-                inserts = " ".join(
-                    "INSERT INTO nexpo_changes (dataset, key, recorded) VALUES "
-                    f"('{self._dataset}', {row}.{key}, julianday('now'));"
-                    for row in rows
+            # A row is in the dataset when its columns equal the dataset's ``where`` values;
+            # an insert or update that leaves it out removes the key from the dataset.
+            belongs = " AND ".join(
+                f"NEW.{quote(name)} = '{value.replace(chr(39), chr(39) * 2)}'"
+                for name, value in self._source.where.items()
+            )
+            left = f"CASE WHEN {belongs} THEN 0 ELSE 1 END" if belongs else "0"
+
+            def change(row: str, removed: str, condition: str = "") -> str:
+                return (
+                    "INSERT INTO nexpo_changes (dataset, key, removed, recorded) SELECT "
+                    f"'{self._dataset}', {row}.{key}, {removed}, julianday('now') {condition};"
                 )
+
+            bodies = {
+                "insert": change("NEW", left),
+                # An update that changes the key removes the old one.
+                "update": change("OLD", "1", f"WHERE OLD.{key} IS NOT NEW.{key}")
+                + change("NEW", left),
+                "delete": change("OLD", "1"),
+            }
+            for operation, body in bodies.items():
                 await connection.execute(
                     text(
                         f"CREATE TRIGGER {self._trigger(operation)} AFTER {operation.upper()} "
-                        f"ON {quote(self._source.table)} BEGIN {inserts} END"
+                        f"ON {quote(self._source.table)} BEGIN {body} END"
                     )
                 )
             start = (
@@ -124,12 +140,21 @@ class SQLiteChangeLog(ChangeLog):
     async def position(self) -> int:
         return await self._run(self._confirmed)
 
+    async def current(self) -> int:
+        async def now(connection: AsyncConnection) -> int:
+            for statement in _SCHEMA:
+                await connection.execute(text(statement))
+            seq = await connection.execute(text("SELECT coalesce(max(seq), 0) FROM nexpo_changes"))
+            return int(seq.scalar_one())
+
+        return await self._run(now)
+
     async def read(self, *, limit: int | None = None, upto: int | None = None) -> LogSegment:
         async def select(connection: AsyncConnection) -> LogSegment:
             segment = LogSegment(start=await self._confirmed(connection))
             rows = await connection.execute(
                 text(
-                    "SELECT seq, key, recorded FROM nexpo_changes WHERE dataset = :dataset"
+                    "SELECT seq, key, removed, recorded FROM nexpo_changes WHERE dataset = :dataset"
                     " AND seq > :after AND seq <= :upto ORDER BY seq LIMIT :limit"
                 ),
                 {
@@ -139,11 +164,11 @@ class SQLiteChangeLog(ChangeLog):
                     "limit": limit if limit is not None else -1,
                 },
             )
-            for seq, key, recorded in rows:
+            for seq, key, removed, recorded in rows:
                 if segment.oldest_commit is None:
                     segment.oldest_commit = _from_julian(recorded)
                 segment.changes.pop(key, None)
-                segment.changes[key] = seq
+                segment.changes[key] = (seq, bool(removed))
                 segment.count += 1
                 segment.end = seq
             return segment
