@@ -320,6 +320,37 @@ async def test_without_an_approval_in_time_the_request_is_escalated(
     assert lab.events() == ["decision.escalated"]
 
 
+async def test_an_approval_accepted_with_the_deadline_timer_wins(
+    client: Client, decision_settings: Settings
+) -> None:
+    """The approval and the deadline's timer reach the workflow in one workflow task: no
+    worker polls while the timer fires and the update is sent, so the next worker gets both."""
+    settings = decision_settings.model_copy(update={"decision_approval_timeout_seconds": 2})
+    request = support_request()
+    async with decision_lab(client, settings) as lab:
+        lab.model.script(OUTPUT, answer("auto_reply", risk=0.8, reply="Here is a new teapot."))
+        handle = await lab.decisions.start(request)
+        await lab.until(request.request_id, DecisionStage.AWAITING_APPROVAL)
+    async with asyncio.timeout(30):
+        async for event in handle.fetch_history_events(wait_new_event=True):
+            if event.HasField("timer_fired_event_attributes"):
+                break
+    approval = asyncio.create_task(
+        lab.decisions.approve(request.request_id, ApprovalInput(approver="grace", approved=True))
+    )
+    # The update is admitted by the server and waits for the next workflow task.
+    await asyncio.sleep(1)
+    assert not approval.done()
+    async with decision_lab(client, settings) as second:
+        status = await asyncio.wait_for(approval, 60)
+        result = await handle.result()
+    assert status.approval is not None
+    assert status.approval.approver == "grace"
+    assert result.escalation_reason is None
+    assert (result.action_executed, result.approved_by) == ("auto_reply", "grace")
+    assert second.events() == ["decision.auto_reply"]
+
+
 async def test_an_approval_is_refused_while_the_model_decides(lab: Lab) -> None:
     lab.model.held[OUTPUT] = asyncio.Event()
     request = support_request()
