@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         ResourceStatus,
         WriteResourceRecordInput,
     )
+    from nexpo_workflows.retries import PLAN_RETRY
 
 In = TypeVar("In")
 R = TypeVar("R")
@@ -136,6 +137,7 @@ async def _plan(tenant_id: str) -> ProvisioningPlan:
         ProvisioningActivities.plan_provisioning,
         PlanProvisioningInput(tenant_id=tenant_id),
         start_to_close_timeout=timedelta(seconds=10),
+        retry_policy=PLAN_RETRY,
     )
 
 
