@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
@@ -35,16 +36,23 @@ from nexpo_workflows.decisions.service import (
     DecisionService,
     decision_workflow_id,
 )
+from nexpo_workflows.decisions.workflow import ESCALATION_UNDELIVERED
 from nexpo_workflows.llm import LanguageModel, LLMRequestError
 from nexpo_workflows.llm.offline import OfflineModel
+from nexpo_workflows.notify import Notifier
+from nexpo_workflows.notify.smtp import EmailNotifier
+from nexpo_workflows.notify.webhook import WebhookNotifier
 from nexpo_workflows.providers import DatasetRecord, enabled_providers
 from nexpo_workflows.services import Services
 from nexpo_workflows.worker import build_worker
 from tests.conftest import API_KEY, run_cli
 from tests.recording_notifier import RecordingNotifier
 from tests.scripted_model import SCRIPTED_USAGE, ScriptedModel
+from tests.servers.smtp import running_smtp
+from tests.servers.webhook import running_webhook_receiver
 
 OUTPUT = "ModelDecision"
+WEBHOOK_SECRET = "decisions-webhook-secret"
 LIMIT = 100.0
 THRESHOLD = 0.5
 
@@ -86,8 +94,13 @@ class Lab:
 
 @asynccontextmanager
 async def decision_lab(
-    client: Client, settings: Settings, model: LanguageModel | None = None
+    client: Client,
+    settings: Settings,
+    model: LanguageModel | None = None,
+    channels: dict[str, Notifier] | None = None,
 ) -> AsyncIterator[Lab]:
+    """A worker whose channels are ``channels`` and, unless that names one, the recording
+    channel."""
     scripted = ScriptedModel()
     notifier = RecordingNotifier()
     services = Services(
@@ -95,7 +108,7 @@ async def decision_lab(
         client=client,
         providers=enabled_providers(settings),
         language_model=model or scripted,
-        notifiers={"recording": notifier},
+        notifiers={"recording": notifier} if channels is None else channels,
     )
     try:
         async with build_worker(client, services):
@@ -320,6 +333,37 @@ async def test_without_an_approval_in_time_the_request_is_escalated(
     assert lab.events() == ["decision.escalated"]
 
 
+async def test_an_approval_accepted_with_the_deadline_timer_wins(
+    client: Client, decision_settings: Settings
+) -> None:
+    """The approval and the deadline's timer reach the workflow in one workflow task: no
+    worker polls while the timer fires and the update is sent, so the next worker gets both."""
+    settings = decision_settings.model_copy(update={"decision_approval_timeout_seconds": 2})
+    request = support_request()
+    async with decision_lab(client, settings) as lab:
+        lab.model.script(OUTPUT, answer("auto_reply", risk=0.8, reply="Here is a new teapot."))
+        handle = await lab.decisions.start(request)
+        await lab.until(request.request_id, DecisionStage.AWAITING_APPROVAL)
+    async with asyncio.timeout(30):
+        async for event in handle.fetch_history_events(wait_new_event=True):
+            if event.HasField("timer_fired_event_attributes"):
+                break
+    approval = asyncio.create_task(
+        lab.decisions.approve(request.request_id, ApprovalInput(approver="grace", approved=True))
+    )
+    # The update is admitted by the server and waits for the next workflow task.
+    await asyncio.sleep(1)
+    assert not approval.done()
+    async with decision_lab(client, settings) as second:
+        status = await asyncio.wait_for(approval, 60)
+        result = await handle.result()
+    assert status.approval is not None
+    assert status.approval.approver == "grace"
+    assert result.escalation_reason is None
+    assert (result.action_executed, result.approved_by) == ("auto_reply", "grace")
+    assert second.events() == ["decision.auto_reply"]
+
+
 async def test_an_approval_is_refused_while_the_model_decides(lab: Lab) -> None:
     lab.model.held[OUTPUT] = asyncio.Event()
     request = support_request()
@@ -448,3 +492,76 @@ async def test_the_cli_commands(lab: Lab, cli: list[str], cli_env: dict[str, str
     refunded = await lab.refunds(request_id)
     assert [r.data["amount"] for r in refunded["postgres"]] == ["12.5"]
     assert datetime.fromisoformat(refunded["postgres"][0].data["issued_at"]) <= datetime.now(UTC)
+
+
+def webhook(url: str) -> WebhookNotifier:
+    # A short backoff inside one attempt keeps the test fast; the activity's retries are real.
+    return WebhookNotifier(
+        [url], SecretStr(WEBHOOK_SECRET), timeout_seconds=5, backoff_seconds=0.01
+    )
+
+
+async def test_a_channel_that_refuses_for_good_is_not_retried_nor_the_others_resent(
+    client: Client, decision_settings: Settings
+) -> None:
+    """Email with no recipient (NOTIFY_EMAIL_TO is empty) and a webhook answering 400 refuse
+    the escalation for good: each is asked once, and the channel that delivered is not sent
+    it again."""
+    request = support_request()
+    recording = RecordingNotifier()
+    async with (
+        running_smtp() as smtp,
+        running_webhook_receiver(WEBHOOK_SECRET, status=400) as receiver,
+    ):
+        settings = decision_settings.model_copy(
+            update={"smtp_host": smtp.host, "smtp_port": smtp.port}
+        )
+        channels: dict[str, Notifier] = {
+            "email": EmailNotifier.from_settings(settings),
+            "webhook": webhook(receiver.url()),
+            "recording": recording,
+        }
+        async with decision_lab(client, settings, channels=channels) as lab, asyncio.timeout(60):
+            result = await lab.decide(request, answer("escalate", reason="a person must look"))
+    assert result.action_executed == "escalate"
+    assert result.notified == ["recording"]
+    assert [n.id for n in recording.sent] == [f"decision-{request.request_id}:escalation"]
+    assert [d.status for d in receiver.requests] == [400]
+    assert smtp.messages == []
+
+
+async def test_a_channel_retried_does_not_resend_on_the_channel_that_delivered(
+    client: Client, decision_settings: Settings
+) -> None:
+    """The webhook is down for the first activity attempt (its three tries in it answer 503)
+    and takes the reply on the second; the recording channel delivered once, and only once."""
+    request = support_request()
+    recording = RecordingNotifier()
+    async with running_webhook_receiver(WEBHOOK_SECRET, fail_first=4) as receiver:
+        channels: dict[str, Notifier] = {"webhook": webhook(receiver.url()), "recording": recording}
+        async with decision_lab(client, decision_settings, channels=channels) as lab:
+            result = await lab.decide(
+                request, answer("auto_reply", reply="A new one is on its way.")
+            )
+    assert (result.action_executed, result.notified) == ("auto_reply", ["webhook", "recording"])
+    assert recording.events() == ["decision.auto_reply"]
+    assert [d.status for d in receiver.requests] == [503, 503, 503, 503, 200]
+
+
+async def test_an_escalation_no_channel_takes_fails_the_run_instead_of_retrying_for_ever(
+    client: Client, decision_settings: Settings
+) -> None:
+    request = support_request()
+    async with running_webhook_receiver(WEBHOOK_SECRET, status=404) as receiver:
+        channels: dict[str, Notifier] = {"webhook": webhook(receiver.url())}
+        async with decision_lab(client, decision_settings, channels=channels) as lab:
+            lab.model.script(OUTPUT, answer("escalate", reason="a person must look"))
+            handle = await lab.decisions.start(request)
+            with pytest.raises(WorkflowFailureError) as failed:
+                await asyncio.wait_for(handle.result(), 60)
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == ESCALATION_UNDELIVERED
+    assert "webhook" in cause.message
+    assert "answered 404" in cause.message
+    assert [d.status for d in receiver.requests] == [404]

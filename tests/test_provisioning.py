@@ -110,19 +110,29 @@ def tenant() -> str:
 
 
 class FailingActivities(ProvisioningActivities):
-    """Every attempt of the step named ``fail_at`` makes its resource, then fails; every
-    delete of the bucket space named ``undeletable`` fails before deleting."""
+    """Every attempt of the step named ``fail_at`` makes its resource, then fails; the first
+    attempt of the step named ``lost_answer_at`` does too (its answer lost on the way back,
+    the retry then succeeds); every delete of the bucket space named ``undeletable`` fails
+    before deleting."""
 
     def __init__(
-        self, services: Services, fail_at: str, undeletable: str | None, **options: Any
+        self,
+        services: Services,
+        fail_at: str | None,
+        undeletable: str | None,
+        lost_answer_at: str | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(services, **options)
         self.fail_at = fail_at
         self.undeletable = undeletable
+        self.lost_answer_at = lost_answer_at
 
     def _fail_if(self, step: str) -> None:
         if step == self.fail_at:
             raise RuntimeError(f"injected failure after {step}")
+        if step == self.lost_answer_at and activity.info().attempt == 1:
+            raise RuntimeError(f"injected loss of the answer of {step}")
 
     @activity.defn(name="create_bucket_space")
     async def create_bucket_space(self, input: BucketSpaceInput) -> StepResult:
@@ -155,15 +165,12 @@ async def provisioning_worker(
     settings: Settings,
     fail_at: str | None = None,
     undeletable: str | None = None,
+    lost_answer_at: str | None = None,
 ) -> AsyncIterator[None]:
     services = Services.from_settings(settings, client)
     # Two attempts: a failing step gives up quickly, but a retry of a lost answer is exercised.
     options: dict[str, Any] = {"step_attempts": 2, "compensation_attempts": 3}
-    activities = (
-        ProvisioningActivities(services, **options)
-        if fail_at is None
-        else FailingActivities(services, fail_at, undeletable, **options)
-    )
+    activities = FailingActivities(services, fail_at, undeletable, lost_answer_at, **options)
     try:
         async with build_worker(
             client,
@@ -318,6 +325,55 @@ async def test_a_compensation_that_keeps_failing_is_reported_and_deprovision_cle
     async with provisioning_worker(client, settings):
         cleaned = await deprovision(client, settings, tenant)
     assert statuses(cleaned)["bucket_space:gcs"] == "deleted"
+    assert await leftovers(settings, tenant) == NOTHING
+
+
+@pytest.mark.parametrize("lost_at", STEPS[:-1])
+async def test_a_create_whose_answer_was_lost_is_compensated(
+    client: Client, settings: Settings, tenant: str, lost_at: str
+) -> None:
+    """The first attempt makes the resource and loses its answer; the retry finds the run's
+    own mark and reports it created, so the rollback removes it."""
+    async with provisioning_worker(
+        client, settings, fail_at="resource_record:s3", lost_answer_at=lost_at
+    ):
+        with pytest.raises(WorkflowFailureError) as raised:
+            await provision(client, settings, tenant)
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError)
+    result = ProvisioningResult.model_validate(cause.details[0])
+    assert result.status is ProvisioningStatus.ROLLED_BACK
+    assert statuses(result) == {
+        **dict.fromkeys(STEPS[:-1], "compensated"),
+        "resource_record:s3": "failed",
+    }
+    assert await leftovers(settings, tenant) == NOTHING
+
+
+async def test_a_rollback_leaves_what_was_there_before_the_run(
+    client: Client, settings: Settings, tenant: str
+) -> None:
+    """A second provisioning of a tenant finds everything made by the first; its failure
+    (after the SQLite table's create, which finds the table) removes none of it."""
+    async with provisioning_worker(client, settings):
+        await provision(client, settings, tenant)
+    made = await leftovers(settings, tenant)
+    async with provisioning_worker(client, settings, fail_at="db_schema:sqlite"):
+        with pytest.raises(WorkflowFailureError) as raised:
+            await provision(client, settings, tenant)
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError)
+    result = ProvisioningResult.model_validate(cause.details[0])
+    assert result.status is ProvisioningStatus.ROLLED_BACK
+    assert statuses(result) == {
+        **dict.fromkeys(STEPS[:-2], "existed"),
+        "db_schema:sqlite": "failed",
+        "resource_record:s3": "not_started",
+    }
+    assert await leftovers(settings, tenant) == made
+    # Deprovisioning still removes everything, whoever made it.
+    async with provisioning_worker(client, settings):
+        await deprovision(client, settings, tenant)
     assert await leftovers(settings, tenant) == NOTHING
 
 

@@ -9,13 +9,14 @@ the worker. ``scripts/record_histories.py`` records them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
+from temporalio.worker import Interceptor, Replayer
 
 # This module defines a workflow, so the sandbox re-imports it for each run: the rest is
 # passed through rather than imported again inside the sandbox.
@@ -37,11 +38,11 @@ def load(path: Path) -> WorkflowHistory:
     return WorkflowHistory.from_json(started["workflowId"], data)
 
 
-def replayer(*workflows: type) -> Replayer:
+def replayer(*workflows: type, interceptors: Sequence[Interceptor] = ()) -> Replayer:
     return Replayer(
         workflows=list(workflows),
         data_converter=pydantic_data_converter,
-        interceptors=[CompletionMetricsInterceptor()],
+        interceptors=[CompletionMetricsInterceptor(), *interceptors],
         workflow_runner=workflow_runner(),
     )
 

@@ -125,8 +125,8 @@ async def test_saga_through_a_worker_process_records_its_metrics(
     for provider in ("postgres", "sqlite"):
         assert re.search(rf'saga_step_latency_count\{{[^}}]*provider="{provider}"', text), text
         assert re.search(
-            rf'saga_compensations_total\{{[^}}]*outcome="compensated"[^}}]*provider="{provider}"'
-            r"[^}]*\} 1",
+            rf'saga_compensations_total\{{[^}}]*outcome="compensated"[^}}]*saga="onboarding"'
+            rf'[^}}]*step="{provider}"[^}}]*\}} 1',
             text,
         ), text
     assert re.search(

@@ -27,14 +27,14 @@ from nexpo_workflows.content.models import (
 )
 from nexpo_workflows.llm import ChatMessage, LanguageModel, LLMRequest
 from nexpo_workflows.llm.calls import ask_structured
-from nexpo_workflows.notify import Notifier, NotifierUnavailableError
+from nexpo_workflows.notify import Notifier
+from nexpo_workflows.notify.delivery import deliver
 from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, ProviderUnavailableError
 from nexpo_workflows.services import Services
 from nexpo_workflows.users.steps import PROVIDER_UNAVAILABLE, UNKNOWN_PROVIDER
 
 CONTENT_DATASET = "content"
 NOT_CONFIGURED = "ContentPipelineNotConfigured"
-NOTIFIER_UNAVAILABLE = "NotifierUnavailable"
 # Above the model's own timeout: the activity's deadline covers every structured attempt.
 _LLM_MARGIN_SECONDS = 30.0
 
@@ -175,10 +175,7 @@ class ContentActivities:
 
     @activity.defn(name="notify_users")
     async def notify_users(self, input: NotifyInput) -> None:
-        try:
-            await self._notifier(input.channel).send(input.notification)
-        except NotifierUnavailableError as error:
-            raise ApplicationError(str(error), type=NOTIFIER_UNAVAILABLE) from error
+        await deliver(self._notifier(input.channel), input.notification)
 
     def all(self) -> list[Callable[..., Any]]:
         return [

@@ -1,10 +1,9 @@
 """Publishing approved content to every enabled database, or to none.
 
 Kept apart from the onboarding saga, whose plan carries step modes, parallel groups and a
-saga-wide deadline this one does not need, but with its rules: a step's compensation is
-registered before the step runs, compensations run in reverse order, every one is tried
-even if an earlier one gave up, and they run on cancellation too. Imported passed through
-the sandbox; it only calls the deterministic workflow APIs.
+saga-wide deadline this one does not need; its compensation rules are the saga kernel's
+(``nexpo_workflows.saga``). Imported passed through the sandbox; it only calls the
+deterministic workflow APIs.
 """
 
 from __future__ import annotations
@@ -26,9 +25,11 @@ from nexpo_workflows.content.models import (
     PublishInput,
     UnpublishInput,
 )
-from nexpo_workflows.errors import first_line
+from nexpo_workflows.saga import Saga, reason
 from nexpo_workflows.users.models import ProviderOutcome, ProviderStatus
+from nexpo_workflows.users.saga import settle_provider_outcomes
 
+SAGA_NAME = "content_publishing"
 _STEP_TIMEOUT = timedelta(seconds=30)
 # Bounded both ways, so a database that keeps failing ends the saga in seconds, not never.
 _PUBLISH_RETRY = RetryPolicy(
@@ -76,59 +77,41 @@ async def _step(activity: Any, arg: Any, retry: RetryPolicy) -> None:
         raise
 
 
-def _reason(error: ActivityError) -> str:
-    return first_line(error.cause or error)
-
-
 async def publish_everywhere(providers: list[str], content: PublishedContent) -> Publication:
     outcomes = {
         p: ProviderOutcome(provider=p, status=ProviderStatus.NOT_STARTED) for p in providers
     }
-    compensations: list[str] = []
-    failure: str | None = None
-    try:
+    saga = Saga(SAGA_NAME, settle_provider_outcomes(outcomes))
+
+    async def publish(provider: str) -> None:
+        await saga.step(
+            provider,
+            lambda: _step(
+                ContentActivities.publish_content,
+                PublishInput(provider=provider, content=content),
+                _PUBLISH_RETRY,
+            ),
+            lambda: _step(
+                ContentActivities.unpublish_content,
+                UnpublishInput(provider=provider, content_id=content.content_id),
+                _UNPUBLISH_RETRY,
+            ),
+        )
+
+    async def publish_all() -> str | None:
         for provider in providers:
-            # Registered before the step runs: a write whose answer was lost is undone too.
-            compensations.append(provider)
             outcome = outcomes[provider]
             try:
-                await _step(
-                    ContentActivities.publish_content,
-                    PublishInput(provider=provider, content=content),
-                    _PUBLISH_RETRY,
-                )
+                await publish(provider)
             except ActivityError as error:
-                outcome.status, outcome.error = ProviderStatus.FAILED, _reason(error)
-                failure = f"{provider}: {outcome.error}"
-                break
+                outcome.status, outcome.error = ProviderStatus.FAILED, reason(error)
+                return f"{provider}: {outcome.error}"
             outcome.status = ProviderStatus.CREATED
-    except asyncio.CancelledError:
-        await _unpublish(compensations, content.content_id, outcomes)
-        raise
+        return None
+
+    failure = await saga.run(publish_all)
     if failure is None:
         return Publication(ContentStatus.PUBLISHED, list(outcomes.values()))
-    complete = await _unpublish(compensations, content.content_id, outcomes)
+    complete = await saga.compensate()
     status = ContentStatus.PUBLISH_FAILED if complete else ContentStatus.PUBLISH_ROLLBACK_INCOMPLETE
     return Publication(status, list(outcomes.values()), failure)
-
-
-async def _unpublish(
-    compensations: list[str], content_id: str, outcomes: dict[str, ProviderOutcome]
-) -> bool:
-    complete = True
-    for provider in reversed(compensations):
-        outcome = outcomes[provider]
-        try:
-            await _step(
-                ContentActivities.unpublish_content,
-                UnpublishInput(provider=provider, content_id=content_id),
-                _UNPUBLISH_RETRY,
-            )
-        except ActivityError as error:
-            complete = False
-            outcome.status = ProviderStatus.COMPENSATION_FAILED
-            outcome.compensation_error = _reason(error)
-            continue
-        if outcome.status is not ProviderStatus.FAILED:
-            outcome.status = ProviderStatus.COMPENSATED
-    return complete

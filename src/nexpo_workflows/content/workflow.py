@@ -4,7 +4,6 @@ are told the outcome."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from datetime import timedelta
@@ -39,6 +38,8 @@ with workflow.unsafe.imports_passed_through():
     from nexpo_workflows.heartbeats import HEARTBEAT_SECONDS
     from nexpo_workflows.llm import TokenUsage
     from nexpo_workflows.notify import Notification
+    from nexpo_workflows.notify.delivery import send_on_each_channel
+    from nexpo_workflows.retries import PLAN_RETRY
     from nexpo_workflows.workflow_errors import raise_refusal
 
 WORKFLOW_NAME = "AIContentPipelineWorkflow"
@@ -92,6 +93,7 @@ class AIContentPipelineWorkflow:
                 ContentActivities.plan_content_pipeline,
                 PlanContentInput(request=request),
                 start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=PLAN_RETRY,
             )
             review = await self._draft_until_decided(plan)
         except ActivityError as error:
@@ -276,9 +278,8 @@ class AIContentPipelineWorkflow:
         data: dict[str, Any],
         key: str | None = None,
     ) -> list[str]:
-        """Send on every channel, one activity each (a retry repeats only the channel that
-        failed); the channels that delivered. A notice that cannot be delivered changes no
-        outcome."""
+        """Send on every channel; the channels that delivered. A notice that cannot be
+        delivered changes no outcome."""
         content_id = workflow.info().workflow_id
         notification = Notification(
             # Stable across retries, so a receiver can drop duplicates.
@@ -290,24 +291,14 @@ class AIContentPipelineWorkflow:
             data={"content_id": content_id, "topic": self._request.topic, **data},
         )
 
-        async def send(channel: str) -> bool:
-            try:
-                await workflow.execute_activity_method(
-                    ContentActivities.notify_users,
-                    NotifyInput(channel=channel, notification=notification),
-                    start_to_close_timeout=timedelta(seconds=60),
-                    retry_policy=_NOTIFY_RETRY,
-                    summary=f"{event} via {channel}",
-                )
-            except ActivityError as error:
-                workflow.logger.warning(
-                    "%s not sent via %s: %s", notification.id, channel, error.cause or error
-                )
-                return False
-            return True
-
-        delivered = await asyncio.gather(*(send(channel) for channel in plan.channels))
-        return [channel for channel, ok in zip(plan.channels, delivered, strict=True) if ok]
+        deliveries = await send_on_each_channel(
+            plan.channels,
+            ContentActivities.notify_users,
+            lambda channel: NotifyInput(channel=channel, notification=notification),
+            _NOTIFY_RETRY,
+            event,
+        )
+        return deliveries.delivered
 
     def _result(
         self,

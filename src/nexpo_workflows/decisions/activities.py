@@ -25,14 +25,14 @@ from nexpo_workflows.decisions.rules import allowed_actions, policy_from_setting
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.llm import ChatMessage, LLMRequest
 from nexpo_workflows.llm.calls import ask_structured
-from nexpo_workflows.notify import Notification
+from nexpo_workflows.notify import Notification, Notifier
+from nexpo_workflows.notify.delivery import NOTIFICATION_REJECTED, deliver
 from nexpo_workflows.providers import DatasetRecord
 from nexpo_workflows.services import Services
 
 REFUNDS_DATASET = "refunds"
 NO_LANGUAGE_MODEL = "NoLanguageModel"
 NO_PROVIDER = "NoProviderEnabled"
-NOTIFIER_UNAVAILABLE = "NotifierUnavailable"
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 
 _ACTION_HELP = {
@@ -83,7 +83,7 @@ class DecisionActivities:
 
     @activity.defn(name="load_decision_policy")
     async def load_decision_policy(self, input: PolicyInput) -> DecisionPolicy:
-        return policy_from_settings(self._settings)
+        return policy_from_settings(self._settings, list(self._notifiers))
 
     @activity.defn(name="decide_next_step")
     async def decide_next_step(self, input: DecideInput) -> DecisionProposal:
@@ -107,20 +107,21 @@ class DecisionActivities:
             offline=answer.response.offline,
         )
 
-    async def _broadcast(self, notification: Notification) -> None:
-        """Through every channel; a retry sends on each again, and the stable id lets a
-        receiver drop what it already has."""
-        names = list(self._notifiers)
-        await _on_all(
-            names,
-            [self._notifiers[name].send(notification) for name in names],
-            NOTIFIER_UNAVAILABLE,
-        )
+    def _notifier(self, name: str) -> Notifier:
+        try:
+            return self._notifiers[name]
+        except KeyError:
+            raise ApplicationError(
+                f"channel {name} is not enabled on this worker",
+                type=NOTIFICATION_REJECTED,
+                non_retryable=True,
+            ) from None
 
     @activity.defn(name="send_auto_reply")
     async def send_auto_reply(self, input: AutoReplyInput) -> None:
         request = input.request
-        await self._broadcast(
+        await deliver(
+            self._notifier(input.channel),
             Notification(
                 id=f"{input.workflow_id}:auto_reply",
                 event="decision.auto_reply",
@@ -128,13 +129,14 @@ class DecisionActivities:
                 body=input.reply,
                 recipients=[request.customer_email],
                 data={"request_id": request.request_id, "workflow_id": input.workflow_id},
-            )
+            ),
         )
 
     @activity.defn(name="escalate_to_human")
     async def escalate_to_human(self, input: EscalateInput) -> None:
         request = input.request
-        await self._broadcast(
+        await deliver(
+            self._notifier(input.channel),
             Notification(
                 id=f"{input.workflow_id}:escalation",
                 event="decision.escalated",
@@ -150,7 +152,7 @@ class DecisionActivities:
                     "action_chosen": input.action_chosen,
                     "rationale": input.rationale,
                 },
-            )
+            ),
         )
 
     @activity.defn(name="issue_refund")

@@ -58,6 +58,8 @@ class DecisionPolicy(BaseModel):
     approval_refund_above: Decimal = Field(ge=0)
     risk_threshold: float = Field(ge=0, le=1)
     approval_timeout_seconds: float = Field(gt=0)
+    # The worker's notification channels: the reply and the escalation go out on each.
+    channels: list[str] = Field(default_factory=list)
 
 
 class PolicyInput(BaseModel):
@@ -135,12 +137,14 @@ class Approval(BaseModel):
 
 class AutoReplyInput(BaseModel):
     workflow_id: str
+    channel: str
     request: DecisionRequest
     reply: str = Field(min_length=1)
 
 
 class EscalateInput(BaseModel):
     workflow_id: str
+    channel: str
     request: DecisionRequest
     reason: str = Field(min_length=1)
     action_chosen: str
@@ -171,6 +175,8 @@ class DecisionResult(BaseModel):
     # Why a person handles the request, when it was escalated.
     escalation_reason: str | None = None
     approved_by: str | None = None
+    # The channels that delivered the reply or the escalation.
+    notified: list[str] = Field(default_factory=list)
     rationale: str
     risk: float
     model: str

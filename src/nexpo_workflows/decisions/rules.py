@@ -23,13 +23,14 @@ UNAPPROVED_REFUND_SHARE = Decimal("0.5")
 CENT = Decimal("0.01")
 
 
-def policy_from_settings(settings: Settings) -> DecisionPolicy:
+def policy_from_settings(settings: Settings, channels: list[str]) -> DecisionPolicy:
     limit = Decimal(str(settings.decision_refund_limit))
     return DecisionPolicy(
         refund_limit=limit,
         approval_refund_above=limit * UNAPPROVED_REFUND_SHARE,
         risk_threshold=settings.decision_risk_threshold,
         approval_timeout_seconds=settings.decision_approval_timeout_seconds,
+        channels=channels,
     )
 
 

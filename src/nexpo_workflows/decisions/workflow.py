@@ -3,6 +3,7 @@ the workflow checks the choice, asks a person when it is risky, and only then ac
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -35,6 +36,8 @@ with workflow.unsafe.imports_passed_through():
     from nexpo_workflows.decisions.rules import refund_amount, validate
     from nexpo_workflows.errors import first_line
     from nexpo_workflows.llm.calls import INVALID_MODEL_ANSWER, LLM_REQUEST_REFUSED
+    from nexpo_workflows.notify.delivery import send_on_each_channel
+    from nexpo_workflows.retries import PLAN_RETRY
     from nexpo_workflows.workflow_errors import raise_refusal
 
 ALREADY_ANSWERED = "ApprovalAlreadyGiven"
@@ -51,10 +54,18 @@ _ACTION_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=[NO_PROVIDER],
 )
-# Unbounded: the escalation is the request's last way to a person, so it waits for a channel.
+# The escalation is the request's last way to a person: more patient than an action (about
+# an hour per channel), but bounded, and a channel that refused for good is not retried.
 _ESCALATION_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=20,
 )
+ESCALATION_UNDELIVERED = "EscalationUndelivered"
+
+
+def _reasons(failed: dict[str, str]) -> str:
+    return "; ".join(f"{channel}: {reason}" for channel, reason in failed.items()) or "no channel"
 
 
 @workflow.defn(name="AIDecisionWorkflow")
@@ -68,6 +79,8 @@ class AIDecisionWorkflow:
         self._approval_deadline: datetime | None = None
         self._approval: Approval | None = None
         self._result: DecisionResult | None = None
+        self._channels: list[str] = []
+        self._notified: list[str] = []
 
     @workflow.run
     async def run(self, request: DecisionRequest) -> DecisionResult:
@@ -75,7 +88,9 @@ class AIDecisionWorkflow:
             DecisionActivities.load_decision_policy,
             PolicyInput(),
             start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=PLAN_RETRY,
         )
+        self._channels = policy.channels
         proposal = self._proposal = await self._decide(policy)
         decision = proposal.decision
         validation = self._validation = validate(decision, request, policy)
@@ -103,6 +118,7 @@ class AIDecisionWorkflow:
             refused_reason=validation.reason,
             escalation_reason=escalation,
             approved_by=approval.approver if approval and approval.approved else None,
+            notified=self._notified,
             rationale=decision.rationale,
             risk=decision.risk,
             model=proposal.model,
@@ -142,12 +158,13 @@ class AIDecisionWorkflow:
         workflow.logger.info(
             "decision %s awaits approval: %s", self._request.request_id, validation.approval_reason
         )
-        try:
+        with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(lambda: self._approval is not None, timeout=timeout)
-        except TimeoutError:
-            return f"no approval within {timeout:g}s ({validation.approval_reason})"
+        # Checked rather than trusting the timeout: an approval accepted in the same workflow
+        # task as the deadline's timer wins, as its update was answered with it.
         approval = self._approval
-        assert approval is not None
+        if approval is None:
+            return f"no approval within {timeout:g}s ({validation.approval_reason})"
         if approval.approved:
             return None
         comments = f": {approval.comments}" if approval.comments else ""
@@ -160,16 +177,21 @@ class AIDecisionWorkflow:
         workflow_id = workflow.info().workflow_id
         try:
             if decision.action == DecisionAction.AUTO_REPLY:
-                await workflow.execute_activity_method(
+                deliveries = await send_on_each_channel(
+                    self._channels,
                     DecisionActivities.send_auto_reply,
-                    AutoReplyInput(
+                    lambda channel: AutoReplyInput(
                         workflow_id=workflow_id,
+                        channel=channel,
                         request=self._request,
                         reply=decision.parameters.reply or "",
                     ),
-                    start_to_close_timeout=timedelta(seconds=60),
-                    retry_policy=_ACTION_RETRY,
+                    _ACTION_RETRY,
+                    "decision.auto_reply",
                 )
+                self._notified = deliveries.delivered
+                if not deliveries.delivered:
+                    return f"{decision.action} failed: {_reasons(deliveries.failed)}"
             elif decision.action == DecisionAction.REFUND:
                 amount = refund_amount(decision)
                 assert amount is not None  # checked by validate()
@@ -193,18 +215,29 @@ class AIDecisionWorkflow:
     async def _escalate(self, reason: str) -> None:
         assert self._proposal is not None
         decision = self._proposal.decision
-        await workflow.execute_activity_method(
+        deliveries = await send_on_each_channel(
+            self._channels,
             DecisionActivities.escalate_to_human,
-            EscalateInput(
+            lambda channel: EscalateInput(
                 workflow_id=workflow.info().workflow_id,
+                channel=channel,
                 request=self._request,
                 reason=reason,
                 action_chosen=decision.action,
                 rationale=decision.rationale,
             ),
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=_ESCALATION_RETRY,
+            _ESCALATION_RETRY,
+            "decision.escalated",
         )
+        self._notified = deliveries.delivered
+        if not deliveries.delivered:
+            # Nobody was told: the run fails, visibly, rather than end as if a person had it.
+            raise ApplicationError(
+                f"request {self._request.request_id} needs a person, but the escalation was "
+                f"delivered on no channel: {_reasons(deliveries.failed)}",
+                type=ESCALATION_UNDELIVERED,
+                non_retryable=True,
+            )
 
     @workflow.query(name="status")
     def status(self) -> DecisionStatus:

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
         HealthReport,
         ListDependenciesInput,
     )
+    from nexpo_workflows.retries import PLAN_RETRY
 
 # A probe is retried once (a lost task, a worker restart), never endlessly.
 _PROBE_RETRY = RetryPolicy(maximum_attempts=2, initial_interval=timedelta(milliseconds=200))
@@ -32,6 +33,7 @@ class HealthCheckWorkflow:
             HealthActivities.list_health_dependencies,
             ListDependenciesInput(),
             start_to_close_timeout=timedelta(seconds=5),
+            retry_policy=PLAN_RETRY,
         )
         names = enabled if input.dependencies is None else input.dependencies
         unknown = sorted(set(names) - set(enabled))

@@ -10,6 +10,10 @@ from pydantic import BaseModel, Field
 # Lowercase letters, digits and hyphens only: the id becomes part of object keys and of quoted
 # SQL identifiers, so nothing in it can escape either.
 TenantId = Annotated[str, Field(pattern=r"^[a-z0-9-]{3,40}$")]
+# Who made a resource: the provisioning run's id, written into the resource by its create
+# (a marker's content, a schema's comment, a row), so a compensation removes only what its
+# own run made, even when the create's answer was lost. Quoted into SQL, hence the pattern.
+Owner = Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 
 
 class ResourceKind(StrEnum):
@@ -63,22 +67,28 @@ class ProvisioningPlan(BaseModel):
 class BucketSpaceInput(BaseModel):
     tenant_id: TenantId
     store: str
+    # A create marks the space with it; a delete removes the space only if it bears it.
+    # None: a delete removes the space whoever made it (deprovisioning).
+    owner: Owner | None = None
 
 
 class DbSchemaInput(BaseModel):
     tenant_id: TenantId
     provider: str
+    owner: Owner | None = None
 
 
 class WriteResourceRecordInput(BaseModel):
     tenant_id: TenantId
     store: str
     resources: list[Resource]
+    owner: Owner | None = None
 
 
 class ResourceRecordInput(BaseModel):
     tenant_id: TenantId
     store: str
+    owner: Owner | None = None
 
 
 class ResourceRecord(BaseModel):
@@ -86,6 +96,8 @@ class ResourceRecord(BaseModel):
 
     tenant_id: TenantId
     provisioned_resources: list[Resource]
+    # The run that first wrote it (None: written before records had owners).
+    owner: Owner | None = None
 
 
 class ReadResourceRecordResult(BaseModel):
@@ -93,8 +105,9 @@ class ReadResourceRecordResult(BaseModel):
 
 
 class StepResult(BaseModel):
-    """``changed``: a create made the resource (False: it was there) or a delete removed it
-    (False: it was absent)."""
+    """``changed``: a create made the resource, in this attempt or an earlier one of the same
+    run (False: it was there, made by someone else) or a delete removed it (False: it was
+    absent, or not the owner's to remove)."""
 
     changed: bool
 

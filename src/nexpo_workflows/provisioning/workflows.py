@@ -1,9 +1,10 @@
 """ProvisionResourcesWorkflow and DeprovisionResourcesWorkflow: a tenant's resources in every
 enabled store and SQL database, all or none.
 
-The saga follows ``users/saga.py``: each compensation is registered before its step, so a
-create whose answer was lost is undone too; compensations run in reverse order when a step
-fails and when the workflow is cancelled; one that keeps failing is reported, not hidden.
+The compensation rules are the saga kernel's (``nexpo_workflows.saga``). Each create marks
+what it makes with the run's id, and each compensation removes only what bears it: a create
+whose answer was lost (reported "created" by its retry) is undone, a resource that was there
+before the run ("existed") never is.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ with workflow.unsafe.imports_passed_through():
         ResourceStatus,
         WriteResourceRecordInput,
     )
+    from nexpo_workflows.retries import PLAN_RETRY
+    from nexpo_workflows.saga import Saga, reason
 
 In = TypeVar("In")
 R = TypeVar("R")
 
+SAGA_NAME = "provisioning"
 ROLLED_BACK = "ProvisioningRolledBack"
 DEPROVISIONING_FAILED = "DeprovisioningFailed"
 
@@ -48,9 +52,11 @@ DEPROVISIONING_FAILED = "DeprovisioningFailed"
 class _Steps:
     """The activity behind each resource kind and action, with the plan's limits."""
 
-    def __init__(self, plan: ProvisioningPlan, tenant_id: str) -> None:
+    def __init__(self, plan: ProvisioningPlan, tenant_id: str, owner: str | None) -> None:
         self._plan = plan
         self._tenant_id = tenant_id
+        # None: deletes remove whoever made the resource (deprovisioning).
+        self._owner = owner
 
     async def _execute(
         self,
@@ -79,18 +85,18 @@ class _Steps:
 
     async def create(self, resource: Resource, resources: list[Resource]) -> bool:
         """Make ``resource`` (the record lists ``resources``); False if it was there."""
-        tenant_id, attempts = self._tenant_id, self._plan.step_attempts
+        tenant_id, attempts, owner = self._tenant_id, self._plan.step_attempts, self._owner
         if resource.kind is ResourceKind.BUCKET_SPACE:
-            space = BucketSpaceInput(tenant_id=tenant_id, store=resource.target)
+            space = BucketSpaceInput(tenant_id=tenant_id, store=resource.target, owner=owner)
             result = await self._execute(
                 ProvisioningActivities.create_bucket_space, space, attempts
             )
         elif resource.kind is ResourceKind.DB_SCHEMA:
-            schema = DbSchemaInput(tenant_id=tenant_id, provider=resource.target)
+            schema = DbSchemaInput(tenant_id=tenant_id, provider=resource.target, owner=owner)
             result = await self._execute(ProvisioningActivities.create_db_schema, schema, attempts)
         else:
             record = WriteResourceRecordInput(
-                tenant_id=tenant_id, store=resource.target, resources=resources
+                tenant_id=tenant_id, store=resource.target, resources=resources, owner=owner
             )
             result = await self._execute(
                 ProvisioningActivities.write_resource_record, record, attempts
@@ -98,18 +104,19 @@ class _Steps:
         return result.changed
 
     async def delete(self, resource: Resource) -> bool:
-        """Remove ``resource``; False if it was absent."""
-        tenant_id, attempts = self._tenant_id, self._plan.compensation_attempts
+        """Remove ``resource`` (only if the owner's, when there is one); False if it was
+        absent or someone else's."""
+        tenant_id, attempts, owner = self._tenant_id, self._plan.compensation_attempts, self._owner
         if resource.kind is ResourceKind.BUCKET_SPACE:
-            space = BucketSpaceInput(tenant_id=tenant_id, store=resource.target)
+            space = BucketSpaceInput(tenant_id=tenant_id, store=resource.target, owner=owner)
             result = await self._execute(
                 ProvisioningActivities.delete_bucket_space, space, attempts
             )
         elif resource.kind is ResourceKind.DB_SCHEMA:
-            schema = DbSchemaInput(tenant_id=tenant_id, provider=resource.target)
+            schema = DbSchemaInput(tenant_id=tenant_id, provider=resource.target, owner=owner)
             result = await self._execute(ProvisioningActivities.drop_db_schema, schema, attempts)
         else:
-            record = ResourceRecordInput(tenant_id=tenant_id, store=resource.target)
+            record = ResourceRecordInput(tenant_id=tenant_id, store=resource.target, owner=owner)
             result = await self._execute(
                 ProvisioningActivities.delete_resource_record, record, attempts
             )
@@ -127,15 +134,12 @@ class _Steps:
         return None if found.record is None else list(found.record.provisioned_resources)
 
 
-def _reason(error: ActivityError) -> str:
-    return str(error.cause or error)
-
-
 async def _plan(tenant_id: str) -> ProvisioningPlan:
     return await workflow.execute_local_activity_method(
         ProvisioningActivities.plan_provisioning,
         PlanProvisioningInput(tenant_id=tenant_id),
         start_to_close_timeout=timedelta(seconds=10),
+        retry_policy=PLAN_RETRY,
     )
 
 
@@ -158,36 +162,41 @@ class ProvisionResourcesWorkflow:
     @workflow.run
     async def run(self, input: ProvisionInput) -> ProvisioningResult:
         plan = await _plan(input.tenant_id)
-        steps = _Steps(plan, input.tenant_id)
+        # This run's id marks what it creates: its compensations remove only that.
+        steps = _Steps(plan, input.tenant_id, owner=workflow.info().run_id)
         resources = plan.resources()
         self._outcomes = {
             r.label(): ResourceOutcome(resource=r, status=ResourceStatus.NOT_STARTED)
             for r in resources
         }
-        compensations: list[Resource] = []
-        try:
+        saga = Saga(SAGA_NAME, self._settle)
+
+        async def create_all() -> bool:
             for resource in resources:
-                # Registered before the step runs: a create whose answer was lost is undone too.
-                compensations.append(resource)
-                if not await self._create(steps, resource, resources):
-                    break
-            else:
-                return _finish(self._result(input, ProvisioningStatus.COMPLETED), ROLLED_BACK)
-        except asyncio.CancelledError:
-            await self._compensate(steps, compensations)
-            raise
-        complete = await self._compensate(steps, compensations)
+                if not await self._create(saga, steps, resource, resources):
+                    return False
+            return True
+
+        if await saga.run(create_all):
+            return _finish(self._result(input, ProvisioningStatus.COMPLETED), ROLLED_BACK)
+        complete = await saga.compensate()
         status = (
             ProvisioningStatus.ROLLED_BACK if complete else ProvisioningStatus.ROLLBACK_INCOMPLETE
         )
         return _finish(self._result(input, status), ROLLED_BACK)
 
-    async def _create(self, steps: _Steps, resource: Resource, resources: list[Resource]) -> bool:
+    async def _create(
+        self, saga: Saga, steps: _Steps, resource: Resource, resources: list[Resource]
+    ) -> bool:
         outcome = self._outcomes[resource.label()]
         try:
-            created = await steps.create(resource, resources)
+            created = await saga.step(
+                resource.label(),
+                lambda: steps.create(resource, resources),
+                lambda: steps.delete(resource),
+            )
         except ActivityError as error:
-            outcome.status, outcome.error = ResourceStatus.FAILED, _reason(error)
+            outcome.status, outcome.error = ResourceStatus.FAILED, reason(error)
             return False
         except asyncio.CancelledError:
             outcome.error = "interrupted before it finished"
@@ -195,23 +204,13 @@ class ProvisionResourcesWorkflow:
         outcome.status = ResourceStatus.CREATED if created else ResourceStatus.EXISTED
         return True
 
-    async def _compensate(self, steps: _Steps, compensations: list[Resource]) -> bool:
-        """Undo in reverse order; every compensation runs even if an earlier one gave up."""
-        complete = True
-        for resource in reversed(compensations):
-            outcome = self._outcomes[resource.label()]
-            if outcome.status is ResourceStatus.EXISTED:
-                continue  # there before this run: not this run's to remove
-            try:
-                await steps.delete(resource)
-            except ActivityError as error:
-                complete = False
-                outcome.status = ResourceStatus.COMPENSATION_FAILED
-                outcome.compensation_error = _reason(error)
-                continue
-            if outcome.status is not ResourceStatus.FAILED:
-                outcome.status = ResourceStatus.COMPENSATED
-        return complete
+    def _settle(self, label: str, error: str | None) -> None:
+        outcome = self._outcomes[label]
+        if error is not None:
+            outcome.status, outcome.compensation_error = ResourceStatus.COMPENSATION_FAILED, error
+        elif outcome.status not in (ResourceStatus.FAILED, ResourceStatus.EXISTED):
+            # An existing resource was left alone by its compensation: not this run's.
+            outcome.status = ResourceStatus.COMPENSATED
 
     def _result(self, input: ProvisionInput, status: ProvisioningStatus) -> ProvisioningResult:
         return ProvisioningResult(
@@ -228,7 +227,7 @@ class DeprovisionResourcesWorkflow:
     @workflow.run
     async def run(self, input: DeprovisionInput) -> ProvisioningResult:
         plan = await _plan(input.tenant_id)
-        steps = _Steps(plan, input.tenant_id)
+        steps = _Steps(plan, input.tenant_id, owner=None)
         # Without a record (never provisioned, or a run that died early), every resource
         # this worker could have made is removed: each delete finds nothing or cleans up.
         recorded = await steps.recorded()
@@ -252,7 +251,7 @@ class DeprovisionResourcesWorkflow:
             existed = await steps.delete(resource)
         except ActivityError as error:
             return ResourceOutcome(
-                resource=resource, status=ResourceStatus.FAILED, error=_reason(error)
+                resource=resource, status=ResourceStatus.FAILED, error=reason(error)
             )
         status = ResourceStatus.DELETED if existed else ResourceStatus.ABSENT
         return ResourceOutcome(resource=resource, status=status)

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
         ReplicationPlan,
         ReplicationPlanInput,
     )
+    from nexpo_workflows.retries import PLAN_RETRY
     from nexpo_workflows.workflow_errors import raise_refusal
 
 INCOMPLETE = "ReplicationIncomplete"
@@ -40,6 +41,7 @@ class ReplicateObjectWorkflow:
                 ReplicationPlanInput(source=input.source, targets=input.targets),
                 result_type=ReplicationPlan,
                 start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=PLAN_RETRY,
             )
         except ActivityError as error:
             raise_refusal(error)

@@ -19,6 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows.retries import PLAN_RETRY
     from nexpo_workflows.sync.models import (
         BatchInput,
         CaptureMode,
@@ -89,6 +90,7 @@ class DataSyncWorkflow:
                 PlanSyncInput(dataset=input.dataset),
                 result_type=SyncPlan,
                 start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=PLAN_RETRY,
             )
         except ActivityError as error:
             raise_refusal(error)

@@ -39,9 +39,6 @@ class ActivitySteps:
 
     def __init__(self, plan: SagaPlan) -> None:
         self._plan = plan
-        self._compensations = workflow.metric_meter().create_counter(
-            "saga_compensations", "Compensations run by the user saga, by provider and outcome"
-        )
 
     async def _execute(
         self,
@@ -108,6 +105,3 @@ class ActivitySteps:
             ),
         )
         return result.existed
-
-    def count_compensation(self, provider: str, outcome: str) -> None:
-        self._compensations.add(1, {"provider": provider, "outcome": outcome})

@@ -2,8 +2,9 @@
 
 The same code runs inside ``UserOnboardingWorkflow`` (steps are Temporal activities) and
 in-process when ``ENABLE_TEMPORAL=false`` (steps call the providers directly), so the
-all-or-nothing rules cannot drift apart. It only awaits ``SagaSteps`` and uses
-deterministic primitives (``workflow.wait``, the loop's clock), which makes it replay-safe.
+all-or-nothing rules cannot drift apart; the compensation rules are the saga kernel's
+(``nexpo_workflows.saga``). It only awaits ``SagaSteps`` and uses deterministic primitives
+(``workflow.wait``, the loop's clock), which makes it replay-safe.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 from temporalio import workflow
 
 from nexpo_workflows.providers.base import UserRecord
+from nexpo_workflows.saga import Saga, Settle
 from nexpo_workflows.users.models import (
     ProviderOutcome,
     ProviderStatus,
@@ -25,6 +27,7 @@ from nexpo_workflows.users.models import (
 )
 
 TIMEOUT_KIND = "SagaTimeout"
+SAGA_NAME = "onboarding"
 
 
 class StepFailedError(Exception):
@@ -41,10 +44,8 @@ class SagaSteps(Protocol):
         StepFailedError when it cannot succeed (kind TIMEOUT_KIND when time ran out)."""
 
     async def delete(self, step: ProviderStep, user_id: str) -> bool:
-        """Remove the user (idempotent, retried); raise StepFailedError when it gives up."""
-
-    def count_compensation(self, provider: str, outcome: str) -> None:
-        """Record one compensation's outcome in the metrics."""
+        """Remove the user (idempotent, retried a bounded number of times); raise
+        StepFailedError when it gives up."""
 
 
 def _groups(plan: SagaPlan) -> list[list[ProviderStep]]:
@@ -81,6 +82,19 @@ async def _run_group(coroutines: list[Coroutine[Any, Any, None]]) -> str | None:
     return kinds[0] if kinds else None
 
 
+def settle_provider_outcomes(outcomes: dict[str, ProviderOutcome]) -> Settle:
+    """Record each compensation's end in the provider's outcome."""
+
+    def settle(provider: str, error: str | None) -> None:
+        outcome = outcomes[provider]
+        if error is not None:
+            outcome.status, outcome.compensation_error = ProviderStatus.COMPENSATION_FAILED, error
+        elif outcome.status is not ProviderStatus.FAILED:
+            outcome.status = ProviderStatus.COMPENSATED
+
+    return settle
+
+
 async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaResult:
     """Create ``user`` in every planned provider, or compensate every step that started."""
     loop = asyncio.get_running_loop()
@@ -89,14 +103,16 @@ async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaRes
         s.provider: ProviderOutcome(provider=s.provider, status=ProviderStatus.NOT_STARTED)
         for s in plan.steps
     }
-    compensations: list[ProviderStep] = []
+    saga = Saga(SAGA_NAME, settle_provider_outcomes(outcomes))
 
     async def create(step: ProviderStep) -> None:
-        # Registered before the step runs: a write whose answer was lost is undone too.
-        compensations.append(step)
         outcome = outcomes[step.provider]
         try:
-            await steps.create(step, user, deadline - loop.time())
+            await saga.step(
+                step.provider,
+                lambda: steps.create(step, user, deadline - loop.time()),
+                lambda: steps.delete(step, user.id),
+            )
         except Exception as error:
             outcome.status, outcome.error = ProviderStatus.FAILED, str(error) or repr(error)
             raise
@@ -105,50 +121,25 @@ async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaRes
             raise
         outcome.status = ProviderStatus.CREATED
 
-    failure: str | None = None
-    try:
+    async def create_all() -> str | None:
         for group in _groups(plan):
             failure = await _run_group([create(step) for step in group])
             if failure is not None:
-                break
-    except asyncio.CancelledError:
-        await _compensate(compensations, user.id, outcomes, steps)
-        raise
+                return failure
+        return None
+
+    failure = await saga.run(create_all)
     if failure is None:
         return SagaResult(
             user_id=user.id, status=SagaStatus.COMPLETED, providers=list(outcomes.values())
         )
-    complete = await _compensate(compensations, user.id, outcomes, steps)
+    complete = await saga.compensate()
     return SagaResult(
         user_id=user.id,
         status=SagaStatus.ROLLED_BACK if complete else SagaStatus.ROLLBACK_INCOMPLETE,
         providers=list(outcomes.values()),
         failure_kind=failure,
     )
-
-
-async def _compensate(
-    compensations: list[ProviderStep],
-    user_id: str,
-    outcomes: dict[str, ProviderOutcome],
-    steps: SagaSteps,
-) -> bool:
-    """Undo in reverse order; every compensation runs even if an earlier one gave up."""
-    complete = True
-    for step in reversed(compensations):
-        outcome = outcomes[step.provider]
-        try:
-            await steps.delete(step, user_id)
-        except StepFailedError as error:
-            complete = False
-            outcome.status = ProviderStatus.COMPENSATION_FAILED
-            outcome.compensation_error = str(error)
-            steps.count_compensation(step.provider, "failed")
-            continue
-        if outcome.status is not ProviderStatus.FAILED:
-            outcome.status = ProviderStatus.COMPENSATED
-        steps.count_compensation(step.provider, "compensated")
-    return complete
 
 
 async def offboard(plan: SagaPlan, user_id: str, steps: SagaSteps) -> SagaResult:

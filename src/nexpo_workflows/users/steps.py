@@ -210,6 +210,3 @@ class InProcessSteps:
             lambda: self._steps.delete_user(step.provider, user_id),
             self._plan.compensation_attempts,
         )
-
-    def count_compensation(self, provider: str, outcome: str) -> None:
-        """No Temporal runtime exports metrics in this mode."""

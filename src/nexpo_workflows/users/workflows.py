@@ -9,6 +9,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows.retries import PLAN_RETRY
     from nexpo_workflows.users.activity_steps import ActivitySteps
     from nexpo_workflows.users.models import (
         OffboardingInput,
@@ -33,6 +34,7 @@ async def _plan(options: SagaOptions) -> SagaPlan:
             PlanInput(options=options),
             result_type=SagaPlan,
             start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=PLAN_RETRY,
         )
     except ActivityError as error:
         raise_refusal(error)
