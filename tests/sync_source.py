@@ -126,11 +126,13 @@ def sync_worker_env(cli_env: dict[str, str], settings: Settings, batch_size: int
     }
 
 
-async def run_sync(client: Client, settings: Settings, **options: Any) -> SyncResult:
+async def run_sync(
+    client: Client, settings: Settings, dataset: str = DATASET, **options: Any
+) -> SyncResult:
     return await client.execute_workflow(
         DataSyncWorkflow.run,
-        SyncInput(dataset=DATASET, **options),
-        id=sync_workflow_id(DATASET),
+        SyncInput(dataset=dataset, **options),
+        id=sync_workflow_id(dataset),
         task_queue=settings.temporal_task_queue,
     )
 

@@ -10,6 +10,7 @@ import asyncio
 import random
 import signal
 import sqlite3
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,13 +18,18 @@ from typing import Any
 
 import asyncpg
 import pytest
+from pymongo import AsyncMongoClient
 from temporalio.client import Client, WorkflowFailureError
 
 from nexpo_workflows.config import Settings
+from nexpo_workflows.providers import enabled_providers
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.capture.postgres import slot_name
+from nexpo_workflows.sync.datasets import QUARANTINE_PREFIX, USERS_DATASET
 from nexpo_workflows.sync.models import SyncInput, SyncResult
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
+from nexpo_workflows.users.models import OffboardingInput
+from nexpo_workflows.users.workflows import UserOffboardingWorkflow
 from nexpo_workflows.worker import build_worker
 from tests.conftest import saga_worker
 from tests.servers.postgres import fresh_database
@@ -37,6 +43,7 @@ from tests.sync_source import (
     run_sync,
     sync_worker_env,
 )
+from tests.test_onboarding import onboarding, run_saga
 from tests.test_worker_processes import worker_process
 
 
@@ -381,3 +388,72 @@ async def test_a_sqlite_source_is_captured_by_its_change_table(
         assert pending == 0  # confirmed changes leave the change table
     finally:
         await services.close()
+
+
+async def test_offboarding_a_synced_user_leaves_no_trace_in_any_target(
+    client: Client, saga_settings: Settings
+) -> None:
+    """The users dataset carries no password hash; offboarding erases the user's copies from
+    every sync target at once (shown in its result), and the next sync finds nothing to
+    bring back. Every target is read directly, by id and by email."""
+    users = [onboarding(), onboarding()]
+    leaving = users[0]
+    async with saga_worker(client, saga_settings) as providers:
+        for user in users:
+            await run_saga(client, saga_settings, user)
+        first = await run_sync(client, saga_settings, dataset=USERS_DATASET)
+        assert first.progress.rows_synced >= 2
+        targets = [name for name in providers if name != "postgres"]
+        ids = [str(user.user_id) for user in users]
+        for name in targets:
+            copies = {r.id: r.data for r in await providers[name].get_records("users", ids)}
+            assert set(copies) == set(ids), name
+            assert "password_hash" not in copies[ids[0]], name
+            assert copies[ids[0]]["email"] == leaving.email
+        result = await client.execute_workflow(
+            UserOffboardingWorkflow.run,
+            OffboardingInput(user_id=ids[0]),
+            id=f"user-offboarding-{uuid.uuid4()}",
+            task_queue=saga_settings.temporal_task_queue,
+        )
+        erased = {copy.provider for copy in result.erased_copies if copy.removed}
+        assert erased == set(targets)
+        second = await run_sync(client, saga_settings, dataset=USERS_DATASET)
+        assert second.progress.rows_deleted == 1
+    readers = enabled_providers(saga_settings)
+    try:
+        for name, provider in readers.items():
+            assert await provider.get_user(ids[0]) is None, name
+            kept = {r.id for r in await provider.get_records("users", ids)}
+            assert ids[0] not in kept, name
+            quarantined = await provider.get_records(QUARANTINE_PREFIX + "users", ids)
+            assert not quarantined, name
+    finally:
+        for provider in readers.values():
+            await provider.close()
+    assert leaving.email not in await dump_of_every_database(saga_settings)
+
+
+async def dump_of_every_database(settings: Settings) -> str:
+    """Everything PostgreSQL, SQLite and MongoDB hold, as text, read by full scans (Cosmos DB
+    and Supabase are read by id in the test)."""
+    texts = []
+    connection = await asyncpg.connect(settings.postgres_url.get_secret_value())
+    try:
+        for table in ("nexpo_users", "nexpo_records"):
+            texts += [str(dict(row)) for row in await connection.fetch(f"SELECT * FROM {table}")]
+    finally:
+        await connection.close()
+    with sqlite3.connect(settings.sqlite_file) as db:
+        for table in ("nexpo_users", "nexpo_records"):
+            texts += [str(row) for row in db.execute(f"SELECT * FROM {table}")]
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongodb_url.get_secret_value()
+    )
+    try:
+        database = mongo[settings.mongodb_database]
+        for collection in await database.list_collection_names():
+            texts += [str(doc) async for doc in database[collection].find({})]
+    finally:
+        await mongo.close()
+    return "\n".join(texts)

@@ -41,6 +41,7 @@ from nexpo_workflows.sync.datasets import (
     find_dataset,
     plan_dataset,
 )
+from nexpo_workflows.sync.erasure import EraseCopiesInput, EraseCopiesResult, erase_copies
 from nexpo_workflows.sync.models import (
     BatchInput,
     CaptureMode,
@@ -506,6 +507,14 @@ class SyncActivities:
                 )
         return VerifyOutcome(mismatches=mismatches)
 
+    @activity.defn(name="erase_synced_copies")
+    async def erase_synced_copies(self, input: EraseCopiesInput) -> EraseCopiesResult:
+        """Remove a source row's copies from every sync target and quarantine."""
+        try:
+            return await erase_copies(self._settings, self._providers, input)
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+
     def all(self) -> list[Any]:
         return [
             self.plan_sync,
@@ -515,6 +524,7 @@ class SyncActivities:
             self.validate_data,
             self.sync_to_providers,
             self.verify_sync,
+            self.erase_synced_copies,
         ]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, EmailStr, Field, field_validator
 
 from nexpo_workflows.providers.base import UserRecord
+from nexpo_workflows.sync.erasure import ErasedCopy
 
 
 class StepMode(StrEnum):
@@ -132,6 +133,8 @@ class SagaResult(BaseModel):
     providers: list[ProviderOutcome]
     # The kind of the error that stopped the saga (e.g. DuplicateEmail), for callers to map.
     failure_kind: str | None = None
+    # Offboarding: the user's copies removed from sync targets and quarantines.
+    erased_copies: list[ErasedCopy] = Field(default_factory=list)
 
     def summary(self) -> str:
         parts = [

@@ -22,6 +22,8 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from nexpo_workflows.services import Services
+from nexpo_workflows.sync.datasets import USERS_TABLE
+from nexpo_workflows.sync.erasure import EraseCopiesInput, erase_copies
 from nexpo_workflows.users.models import (
     OffboardingInput,
     OnboardingInput,
@@ -176,6 +178,12 @@ class UserService:
         result = await offboard(plan, user_id, steps)
         if result.status is not SagaStatus.COMPLETED:
             raise SagaFailedError(result)
+        erased = await erase_copies(
+            self.services.settings,
+            self.services.providers,
+            EraseCopiesInput(table=USERS_TABLE, key=user_id),
+        )
+        result.erased_copies = erased.copies
         return result
 
     async def get(self, user_id: str) -> UserView | None:

@@ -6,10 +6,13 @@ import logging
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from nexpo_workflows.retries import PLAN_RETRY
+    from nexpo_workflows.sync.datasets import USERS_TABLE
+    from nexpo_workflows.sync.erasure import EraseCopiesInput, EraseCopiesResult
     from nexpo_workflows.users.activity_steps import ActivitySteps
     from nexpo_workflows.users.models import (
         OffboardingInput,
@@ -25,6 +28,14 @@ with workflow.unsafe.imports_passed_through():
 
 ROLLED_BACK = "OnboardingRolledBack"
 OFFBOARDING_FAILED = "OffboardingFailed"
+COPIES_NOT_ERASED = "SyncCopiesNotErased"
+# Sync targets may be down for a while: erasure retries, bounded, then the offboarding fails
+# (and may be run again: every step is idempotent).
+ERASE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=10,
+)
 
 
 async def _plan(options: SagaOptions) -> SagaPlan:
@@ -78,6 +89,20 @@ class UserOffboardingWorkflow:
     async def run(self, input: OffboardingInput) -> SagaResult:
         plan = await _plan(input.options)
         result = await offboard(plan, input.user_id, ActivitySteps(plan))
+        # Histories recorded before erasure existed replay without it.
+        if result.status is SagaStatus.COMPLETED and workflow.patched("erase-synced-copies"):
+            try:
+                erased: EraseCopiesResult = await workflow.execute_activity(
+                    "erase_synced_copies",
+                    EraseCopiesInput(table=USERS_TABLE, key=input.user_id),
+                    result_type=EraseCopiesResult,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=ERASE_RETRY,
+                )
+                result.erased_copies = erased.copies
+            except ActivityError as error:
+                result.status, result.failure_kind = SagaStatus.FAILED, COPIES_NOT_ERASED
+                workflow.logger.warning("offboarding: copies not erased: %s", error.cause)
         _log_outcome("offboarding", result)
         if result.status is not SagaStatus.COMPLETED:
             raise ApplicationError(
