@@ -25,11 +25,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 from tests.faults import FaultyProvider
 from tests.scripted_model import ScriptedModel
-from tests.servers.postgres import fresh_database
+from tests.servers.postgres import fresh_database, logical_server
 from tests.servers.s3 import running_s3
 from tests.test_provisioning import FailingActivities
 
@@ -79,7 +80,7 @@ from nexpo_workflows.replication.models import ReplicateInput
 from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.services import Services
 from nexpo_workflows.storage import enabled_stores
-from nexpo_workflows.sync.models import SyncInput, SyncResult, SyncStatus
+from nexpo_workflows.sync.models import CaptureMode, SyncInput, SyncResult, SyncStatus
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.users.models import (
     OffboardingInput,
@@ -487,10 +488,19 @@ async def decision_approved(lab: Lab, workflow_id: str) -> None:
     expect(result.action_executed == "refund", f"{workflow_id}: {result}")
 
 
-async def sync_users(lab: Lab, workflow_id: str) -> SyncResult:
-    """Two users in PostgreSQL synced to SQLite in batches of one."""
-    lab = Lab(lab.client, lab.settings.model_copy(update={"sync_batch_size": 1}), lab.task_queue)
+async def sync_users(
+    lab: Lab, workflow_id: str, capture: CaptureMode = CaptureMode.LOG
+) -> SyncResult:
+    """Two users in PostgreSQL synced to SQLite in batches of one (a fresh copy of the
+    table when captured from the log)."""
+    settings = lab.settings.model_copy(update={"sync_batch_size": 1, "sync_capture": capture})
+    lab = Lab(lab.client, settings, lab.task_queue)
     async with lab.worker() as providers:
+        await providers["postgres"].connect()
+        engine = providers["postgres"].sql_source()
+        assert engine is not None
+        async with (await engine.ready_engine()).begin() as connection:
+            await connection.execute(text("DELETE FROM nexpo_users"))
         for user in (1, 2):
             record = onboarding(user).to_record("", datetime(2026, 1, user, tzinfo=UTC))
             await providers["postgres"].create_user(record)
@@ -505,9 +515,28 @@ async def sync_users(lab: Lab, workflow_id: str) -> SyncResult:
 
 @case("DataSyncWorkflow", "two_batches")
 async def sync_two_batches(lab: Lab, workflow_id: str) -> str:
+    """Polling a version column."""
     own_id = sync_workflow_id("users")
-    result = await sync_users(lab, own_id)
+    result = await sync_users(lab, own_id, CaptureMode.POLL)
     expect(result.progress.rows_synced == 2 and result.progress.batches == 2, f"{result}")
+    return own_id
+
+
+@case("DataSyncWorkflow", "log_copy_then_changes")
+async def sync_log_copy_then_changes(lab: Lab, workflow_id: str) -> str:
+    """From the log: the copy of the table, then a run that streams an insert and a delete."""
+    own_id = sync_workflow_id("users")
+    first = await sync_users(lab, own_id)
+    expect(first.progress.rows_synced == 2, f"{first}")
+    async with lab.worker() as providers:
+        await providers["postgres"].delete_user(str(onboarding(1).user_id))
+        await providers["postgres"].create_user(
+            onboarding(3).to_record("", datetime(2026, 1, 3, tzinfo=UTC))
+        )
+        result: SyncResult = await lab.client.execute_workflow(
+            DataSyncWorkflow.run, SyncInput(dataset="users"), id=own_id, task_queue=lab.task_queue
+        )
+    expect(result.progress.rows_synced == 1 and result.progress.rows_deleted == 1, f"{result}")
     return own_id
 
 
@@ -584,7 +613,9 @@ async def record(selected: list[tuple[str, str]]) -> None:
             host="127.0.0.1", port=free_port(), log_path=data / "temporal.log"
         )
         stack.push_async_callback(server.stop)
-        postgres_url = await stack.enter_async_context(fresh_database())
+        # At wal_level=logical: the sync cases read the source's log.
+        admin_url = await stack.enter_async_context(logical_server())
+        postgres_url = await stack.enter_async_context(fresh_database(admin_url))
         s3_endpoint = await stack.enter_async_context(running_s3())
         settings = Settings(
             _env_file=None,
