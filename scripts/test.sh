@@ -2,6 +2,10 @@
 # Install everything into .venv, then lint, type-check and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The tests start private PostgreSQL clusters (initdb, pg_ctl): the server's binaries.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    apt-get install -y -qq postgresql >/dev/null
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"

@@ -22,7 +22,11 @@ ADMIN_URL = os.environ.get(
 )
 # An existing server at wal_level=logical to use instead of starting a private cluster.
 LOGICAL_ADMIN_URL = os.environ.get("NEXPO_TEST_LOGICAL_POSTGRES_URL")
-BIN = Path(os.environ.get("NEXPO_TEST_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+# The newest server installed from Debian's packages, unless named.
+BIN = Path(
+    os.environ.get("NEXPO_TEST_POSTGRES_BIN")
+    or max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+)
 
 
 def database_url(name: str, admin_url: str = ADMIN_URL) -> str:
