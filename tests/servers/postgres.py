@@ -25,7 +25,11 @@ LOGICAL_ADMIN_URL = os.environ.get("NEXPO_TEST_LOGICAL_POSTGRES_URL")
 # The newest server installed from Debian's packages, unless named.
 BIN = Path(
     os.environ.get("NEXPO_TEST_POSTGRES_BIN")
-    or max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    or max(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name),
+        default=Path("/usr/lib/postgresql/15/bin"),
+    )
 )
 
 
