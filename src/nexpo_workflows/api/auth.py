@@ -69,14 +69,20 @@ class Authenticator:
         return self._valid_api_key(bearer) or self._valid_jwt(bearer)
 
 
-async def require_auth(
+async def is_authenticated(
     request: Request,
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Refuse the request with 401 unless it carries a valid API key or JWT."""
+) -> bool:
+    """Whether the request carries a valid API key or JWT (open routes that say more to a
+    caller with credentials)."""
     authenticator: Authenticator = request.app.state.authenticator
-    if not authenticator.accepts(api_key, bearer.credentials if bearer else None):
+    return authenticator.accepts(api_key, bearer.credentials if bearer else None)
+
+
+async def require_auth(authenticated: Annotated[bool, Depends(is_authenticated)]) -> None:
+    """Refuse the request with 401 unless it carries a valid API key or JWT."""
+    if not authenticated:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "a valid API key (X-API-Key or Authorization: Bearer) or JWT is required",
