@@ -30,7 +30,7 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.devserver import start_dev_server
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.services import Services
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, run_cli
 from tests.test_sync import ITEMS_DATASET
 
 KEYS = f"k1:{base64.b64encode(os.urandom(32)).decode()}"
@@ -259,3 +259,17 @@ async def test_every_route_with_a_database_down(
     assert lookup.status == 503, lookup
     assert lookup.body["dependency"] == "database"
     assert lookup.retry_after is not None
+
+
+async def test_the_cli_says_in_one_line_what_temporal_answered(
+    cli: list[str], cli_env: dict[str, str]
+) -> None:
+    """A Temporal error the command does not expect (here: no such namespace) is one line and
+    exit 1, never a traceback."""
+    env = {**cli_env, "TEMPORAL_NAMESPACE": f"missing-{uuid.uuid4().hex[:8]}"}
+    result = await run_cli([*cli, "cloud", "provision", "tenant-edges"], env)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"nexpo-workflows: temporal: Namespace {env['TEMPORAL_NAMESPACE']} is not found."
+    ]

@@ -62,7 +62,9 @@ class EdgeFailure:
     def message(self) -> str:
         if self.kind == "unavailable":
             return f"{self.dependency} is unavailable: {self.reason}"
-        return f"{self.dependency} refused the request: {self.reason}"
+        if self.kind == "refused":
+            return f"{self.dependency} refused the request: {self.reason}"
+        return f"{self.dependency}: {self.reason}"
 
 
 def classify(error: Exception) -> EdgeFailure:
