@@ -183,8 +183,10 @@ async def test_readyz_details_are_for_authenticated_callers_only(
     ) as http:
         anonymous = await http.get("/readyz")
         authenticated = await http.get("/readyz", headers={"X-API-Key": API_KEY})
+        bearer = await http.get("/readyz", headers={"Authorization": f"Bearer {API_KEY}"})
         wrong_key = await http.get("/readyz", headers={"X-API-Key": "nxp_not-a-key"})
     await services.close()
+    assert bearer.json() == authenticated.json() | {"checked_at": bearer.json()["checked_at"]}
     assert anonymous.status_code == wrong_key.status_code == 503
     assert anonymous.json() == wrong_key.json() == {"status": "unavailable"}
     assert anonymous.headers["Retry-After"]

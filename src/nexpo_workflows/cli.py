@@ -411,7 +411,9 @@ def cloud_failover_status(service: str) -> None:
         try:
             monitor: FailoverState = await client.get_workflow_handle(
                 failover_workflow_id(service)
-            ).query("state", result_type=FailoverState)
+            ).query(
+                "state", result_type=FailoverState, rpc_timeout=settings.temporal_answer_timeout
+            )
         except (RPCError, WorkflowQueryFailedError):
             return record, None
         return record, monitor
@@ -689,7 +691,10 @@ def content_review(
         handle = client.get_workflow_handle_for(AIContentPipelineWorkflow.run, content_id)
         try:
             status: PipelineStatus = await handle.execute_update(
-                SUBMIT_REVIEW, review, result_type=PipelineStatus
+                SUBMIT_REVIEW,
+                review,
+                result_type=PipelineStatus,
+                rpc_timeout=settings.temporal_answer_timeout,
             )
         except WorkflowUpdateFailedError as error:
             _fail(f"refused: {error.cause}", 2)
@@ -713,7 +718,9 @@ def content_show(content_id: str) -> None:
         client = await connect(settings, runtime=create_runtime(""))
         handle = client.get_workflow_handle_for(AIContentPipelineWorkflow.run, content_id)
         try:
-            return await handle.query(AIContentPipelineWorkflow.status)
+            return await handle.query(
+                AIContentPipelineWorkflow.status, rpc_timeout=settings.temporal_answer_timeout
+            )
         except (RPCError, WorkflowQueryFailedError) as error:
             _fail(f"no pipeline {content_id}: {error}", 1)
 

@@ -69,20 +69,24 @@ class Authenticator:
         return self._valid_api_key(bearer) or self._valid_jwt(bearer)
 
 
-async def is_authenticated(
+def has_credentials(request: Request) -> bool:
+    """Whether the request carries a valid API key or JWT, for an open route that says more
+    to a caller with credentials (read from the headers: the route declares no security
+    scheme, since it answers without one)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return authenticator.accepts(request.headers.get("X-API-Key"), bearer)
+
+
+async def require_auth(
     request: Request,
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> bool:
-    """Whether the request carries a valid API key or JWT (open routes that say more to a
-    caller with credentials)."""
-    authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.accepts(api_key, bearer.credentials if bearer else None)
-
-
-async def require_auth(authenticated: Annotated[bool, Depends(is_authenticated)]) -> None:
+) -> None:
     """Refuse the request with 401 unless it carries a valid API key or JWT."""
-    if not authenticated:
+    authenticator: Authenticator = request.app.state.authenticator
+    if not authenticator.accepts(api_key, bearer.credentials if bearer else None):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "a valid API key (X-API-Key or Authorization: Bearer) or JWT is required",

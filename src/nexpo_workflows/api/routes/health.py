@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal
 
 import httpx
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from nexpo_workflows.api.auth import is_authenticated
+from nexpo_workflows.api.auth import has_credentials
 from nexpo_workflows.api.deps import GatewayState, StateDep
 from nexpo_workflows.edge_errors import RETRY_AFTER_SECONDS, classify
 from nexpo_workflows.health.models import HealthReport
@@ -98,15 +98,13 @@ async def healthz() -> dict[str, str]:
         },
     },
 )
-async def readyz(
-    request: Request, authenticated: Annotated[bool, Depends(is_authenticated)]
-) -> Response:
+async def readyz(request: Request) -> Response:
     """Every enabled dependency answers (through a worker when ENABLE_TEMPORAL=true). One
     check at a time, its outcome reused for READYZ_CACHE_SECONDS."""
     probe: ReadinessProbe = request.app.state.readiness
     outcome = await probe.outcome()
     body: BaseModel
-    if not authenticated:
+    if not has_credentials(request):
         body = Readiness(status="ready" if outcome.ready else "unavailable")
     elif outcome.report is not None:
         body = outcome.report
