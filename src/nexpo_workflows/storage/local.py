@@ -208,6 +208,8 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         if not path.parent.is_dir():
             return False
+        # The lock file stays: removing it while a writer waits on it would let the next one
+        # lock a new file, and two writers would commit at once.
         with _key_lock(path):
             existed = path.is_file()
             path.unlink(missing_ok=True)
