@@ -56,6 +56,7 @@ from nexpo_workflows.devserver import start_dev_server
 from nexpo_workflows.failover.models import (
     FailoverInput,
     FailoverState,
+    HoldInput,
     ProbeTarget,
     SetActiveSideInput,
 )
@@ -407,7 +408,7 @@ async def failover_promote_then_manual(lab: Lab, workflow_id: str) -> None:
                 service="billing",
                 primary=ProbeTarget(url=nowhere),
                 secondary=ProbeTarget(store="local"),
-                probe_interval_seconds=0.2,
+                probe_interval_seconds=1,
                 probe_timeout_seconds=1,
                 failures_to_promote=2,
                 successes_to_fail_back=3,
@@ -421,10 +422,17 @@ async def failover_promote_then_manual(lab: Lab, workflow_id: str) -> None:
                 break
             await asyncio.sleep(0.1)
         expect(state.active_side == "secondary", f"{workflow_id}: never promoted")
+        held = await handle.execute_update(
+            "hold", HoldInput(reason="recorded hold"), result_type=FailoverState
+        )
+        expect(held.held, f"{workflow_id}: not held")
         await handle.execute_update(
             "set_active_side",
             SetActiveSideInput(side="primary", reason="recorded manual failback"),
             result_type=FailoverState,
+        )
+        await handle.execute_update(
+            "release", HoldInput(reason="recorded release"), result_type=FailoverState
         )
         await handle.terminate("recording done")
 
@@ -631,6 +639,7 @@ async def record(selected: list[tuple[str, str]]) -> None:
             onboarding_step_timeout_seconds=5,
             onboarding_compensation_attempts=3,
             enable_local_store=True,
+            failover_probe_allowed_hosts=["127.0.0.1"],
             enable_s3=True,
             s3_endpoint_url=s3_endpoint,
             aws_access_key_id="recording",

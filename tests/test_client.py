@@ -41,7 +41,9 @@ def test_the_worker_exits_non_zero_with_one_line_naming_the_address(
     elapsed = time.monotonic() - started
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith(f"nexpo-workflows: cannot reach the Temporal server at {address}")
+    assert last_line.startswith(
+        f"nexpo-workflows: temporal is unavailable: cannot reach the Temporal server at {address}"
+    )
     assert "Traceback" not in result.stderr
     assert elapsed < 30
 

@@ -16,7 +16,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -34,12 +40,13 @@ from nexpo_workflows.failover import (
     SetActiveSideInput,
     Side,
 )
+from nexpo_workflows.failover.models import PROBE_TARGET_REFUSED
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.services import Services
 from nexpo_workflows.storage import enabled_stores
 from nexpo_workflows.storage.azure import AzureBlobStore
 from nexpo_workflows.worker import build_worker
-from tests.conftest import API_KEY, TemporalServer, time_skipping_server
+from tests.conftest import API_KEY, TemporalServer, run_cli, time_skipping_server
 from tests.servers import HOST
 from tests.servers.azurite import connection_string, running_azurite
 from tests.servers.s3 import running_s3
@@ -281,7 +288,12 @@ async def test_a_dead_store_is_replaced_after_n_failures_and_back_after_m_succes
 async def test_the_state_carries_over_continue_as_new(
     env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data", metrics_bind_address="")
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        metrics_bind_address="",
+        failover_probe_allowed_hosts=[HOST],
+    )
     task_queue = f"failover-{uuid.uuid4()}"
     input = failover_input(
         ProbeTarget(store="local"),
@@ -319,6 +331,16 @@ async def test_the_state_carries_over_continue_as_new(
 
 
 @pytest.fixture
+def make_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """The session's settings, with the test HTTP servers' host allowed as a probe target."""
+
+    def make(**overrides: Any) -> Settings:
+        return make_settings(**{"failover_probe_allowed_hosts": [HOST], **overrides})
+
+    return make
+
+
+@pytest.fixture
 def dev_client(temporal_server: TemporalServer) -> Client:
     if temporal_server.time_skipping:
         pytest.skip("the time-skipping server does not support updates")
@@ -336,7 +358,7 @@ async def test_an_http_primary_that_starts_failing_is_replaced(
         input = failover_input(
             http(primary.url),
             http(secondary.url),
-            probe_interval_seconds=0.1,
+            probe_interval_seconds=1.0,
             failures_to_promote=2,
             successes_to_fail_back=3,
         )
@@ -455,3 +477,128 @@ async def test_the_gateway_starts_reports_and_moves_a_monitor(
         )
         assert missing.status_code == 404
     await services.close()
+
+
+async def _state_when(
+    handle: WorkflowHandle[Any, Any], condition: Callable[[FailoverState], bool]
+) -> FailoverState:
+    async def check() -> FailoverState | None:
+        state: FailoverState = await handle.query(FailoverWorkflow.state)
+        return state if condition(state) else None
+
+    return await eventually(check)
+
+
+async def test_a_held_promotion_is_not_failed_back_until_released(
+    dev_client: Client,
+    make_settings: Callable[..., Settings],
+    task_queue: str,
+    cli: list[str],
+    cli_env: dict[str, str],
+) -> None:
+    settings = make_settings()
+    services = Services.from_settings(settings, dev_client)
+    app = create_app(GatewayState(services, dev_client, metrics_url=None))
+    async with (
+        StatusServer([200]).running() as primary,
+        StatusServer([200]).running() as secondary,
+        failover_worker(dev_client, settings, task_queue) as routing,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://gw",
+            headers={"X-API-Key": API_KEY},
+        ) as gateway,
+    ):
+        input = failover_input(
+            http(primary.url),
+            http(secondary.url),
+            probe_interval_seconds=1.0,
+            successes_to_fail_back=2,
+        )
+        handle = await start(dev_client, input, task_queue)
+        path = f"/api/cloud/failover/{input.service}"
+        async with terminated_after(handle):
+            refused = await gateway.post(f"{path}/hold", json={"reason": "  "})
+            assert refused.status_code == 422
+            assert "a reason is required" in refused.text
+            promoted = await gateway.post(
+                f"{path}/active-side", json={"side": "secondary", "reason": "primary upgrade"}
+            )
+            assert promoted.status_code == 200, promoted.text
+            held = await gateway.post(f"{path}/hold", json={"reason": "until the upgrade is done"})
+            assert held.status_code == 200, held.text
+            assert held.json()["held"] is True
+            rounds = held.json()["total_rounds"]
+            # A healthy primary for twice the rounds that would fail back: no failback.
+            state = await _state_when(handle, lambda s: s.total_rounds >= rounds + 4)
+            assert (state.active_side, state.held) == (Side.SECONDARY, True)
+            assert state.consecutive_successes >= 4
+            status = (await gateway.get(path)).json()
+            assert status["monitor"]["held"] is True
+            assert status["monitor"]["hold_reason"] == "until the upgrade is done"
+            assert status["routing"]["active_side"] == "secondary"
+
+            released = await run_cli(
+                [*cli, "cloud", "release", input.service, "--reason", "upgrade done"], cli_env
+            )
+            assert released.returncode == 0, released.stderr
+            assert "active side secondary" in released.stdout
+            state = await _state_when(handle, lambda s: s.active_side is Side.PRIMARY)
+            assert not state.held
+            record = await routing.read(input.service)
+            assert record is not None
+            assert record.active_side is Side.PRIMARY
+            assert "healthy for 2 consecutive probes" in record.reason
+    await services.close()
+
+
+async def test_the_gateway_refuses_unbounded_intervals_and_hosts_not_allowed(
+    dev_client: Client, make_settings: Callable[..., Settings]
+) -> None:
+    services = Services.from_settings(make_settings(), dev_client)
+    app = create_app(GatewayState(services, dev_client, metrics_url=None))
+    local = {"store": "local"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw", headers={"X-API-Key": API_KEY}
+    ) as gateway:
+        for interval in (0.01, 0.5, 3601):
+            service = f"svc-{uuid.uuid4().hex[:8]}"
+            body = {
+                "service": service,
+                "primary": local,
+                "secondary": local,
+                "probe_interval_seconds": interval,
+            }
+            refused = await gateway.post("/api/cloud/failover", json=body)
+            assert refused.status_code == 422, (interval, refused.text)
+            assert "probe_interval_seconds" in refused.text
+        for url in ("http://169.254.169.254/latest/meta-data", "http://internal.example:8080/"):
+            service = f"svc-{uuid.uuid4().hex[:8]}"
+            body = {"service": service, "primary": {"url": url}, "secondary": local}
+            refused = await gateway.post("/api/cloud/failover", json=body)
+            assert refused.status_code == 422, (url, refused.text)
+            assert "FAILOVER_PROBE_ALLOWED_HOSTS" in refused.json()["detail"]
+            with pytest.raises(RPCError):
+                await dev_client.get_workflow_handle(f"failover-{service}").describe()
+    await services.close()
+
+
+async def test_a_worker_refuses_a_target_host_it_does_not_allow(
+    dev_client: Client, make_settings: Callable[..., Settings], task_queue: str
+) -> None:
+    """A monitor started past the gateway (straight on Temporal) fails at its first probe,
+    without a request to the target, instead of probing it."""
+    async with (
+        StatusServer([200]).running() as target,
+        failover_worker(dev_client, make_settings(failover_probe_allowed_hosts=[]), task_queue),
+    ):
+        input = failover_input(http(target.url), ProbeTarget(store="local"))
+        handle = await start(dev_client, input, task_queue)
+        async with terminated_after(handle):
+            with pytest.raises(WorkflowFailureError) as failed:
+                await asyncio.wait_for(handle.result(), 30)
+        cause = failed.value.cause
+        assert isinstance(cause, ApplicationError)
+        assert cause.type == PROBE_TARGET_REFUSED
+        assert cause.non_retryable
+        assert target.requests == 0

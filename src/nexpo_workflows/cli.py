@@ -25,9 +25,9 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
-from nexpo_workflows.client import TemporalUnavailableError, connect
+from nexpo_workflows.client import connect
 from nexpo_workflows.config import ConfigError, Settings, load_settings
 from nexpo_workflows.decisions.models import ApprovalInput, DecisionRequest, DecisionStatus
 from nexpo_workflows.decisions.service import (
@@ -37,10 +37,10 @@ from nexpo_workflows.decisions.service import (
     DecisionService,
 )
 from nexpo_workflows.devserver import DevServerError
+from nexpo_workflows.edge_errors import EDGE_ERRORS, classify
 from nexpo_workflows.health.models import DependencyState, HealthReport
-from nexpo_workflows.health.run import HealthCheckUnavailableError
 from nexpo_workflows.ports import PortInUseError
-from nexpo_workflows.providers import ProviderUnavailableError, enabled_provider_names
+from nexpo_workflows.providers import enabled_provider_names
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.datasets import DatasetConfigError, dataset_configs, plan_dataset
 from nexpo_workflows.sync.models import SyncInput, SyncProgress, SyncResult
@@ -84,13 +84,9 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 # Errors a user can fix from their side: one line, no traceback.
-_USER_ERRORS = (
-    TemporalUnavailableError,
-    PortInUseError,
-    DevServerError,
-    HealthCheckUnavailableError,
-    ProviderUnavailableError,
-)
+_USER_ERRORS = (PortInUseError, DevServerError)
+# A dependency down (exit 1) or refusing the input (exit 2): one line, as the gateway says it.
+_EDGE_EXIT_CODES = {"unavailable": 1, "refused": 2, "not_found": 1, "conflict": 1}
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -112,6 +108,9 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
     except _USER_ERRORS as error:
         _fail(str(error), 1)
+    except EDGE_ERRORS as error:
+        failure = classify(error)
+        _fail(failure.message, _EDGE_EXIT_CODES[failure.kind])
     except ConfigError as error:  # found at start-up, e.g. tracing on without its packages
         _fail(str(error), 2)
     except AlreadyOnboardingError as error:
@@ -412,7 +411,9 @@ def cloud_failover_status(service: str) -> None:
         try:
             monitor: FailoverState = await client.get_workflow_handle(
                 failover_workflow_id(service)
-            ).query("state", result_type=FailoverState)
+            ).query(
+                "state", result_type=FailoverState, rpc_timeout=settings.temporal_answer_timeout
+            )
         except (RPCError, WorkflowQueryFailedError):
             return record, None
         return record, monitor
@@ -429,33 +430,44 @@ def cloud_failover_status(service: str) -> None:
     )
 
 
-def _move(service: str, side: str, reason: str) -> None:
+def _update_monitor(service: str, update: str, body: BaseModel, command: str) -> None:
+    """Run one of the failover monitor's updates and print its state; refused: exit 2."""
     from nexpo_workflows.api.routes.cloud import failover_workflow_id
-    from nexpo_workflows.failover.models import FailoverState, SetActiveSideInput
+    from nexpo_workflows.failover.models import FailoverState
 
     settings = _settings()
-    _require_temporal(settings, f"cloud {'promote' if side == 'secondary' else 'failback'}")
+    _require_temporal(settings, f"cloud {command}")
 
-    async def move() -> FailoverState:
+    async def call() -> FailoverState:
         client = await connect(settings, runtime=create_runtime(""))
         handle = client.get_workflow_handle(failover_workflow_id(service))
         try:
             state: FailoverState = await handle.execute_update(
-                "set_active_side",
-                SetActiveSideInput(side=side, reason=reason),
+                update,
+                body,
                 result_type=FailoverState,
+                rpc_timeout=settings.temporal_answer_timeout,
             )
         except WorkflowUpdateFailedError as error:
             _fail(f"refused: {error.cause}", 2)
         except RPCError as error:
-            _fail(f"no monitor of {service}: {error}", 1)
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+            _fail(f"no monitor of {service}", 1)
         return state
 
-    state = _run(move())
-    out.print(f"{service}: active side {state.active_side}", soft_wrap=True, highlight=False)
+    state = _run(call())
+    held = f", held ({state.hold_reason})" if state.held else ""
+    out.print(f"{service}: active side {state.active_side}{held}", soft_wrap=True, highlight=False)
 
 
-_REASON = typer.Option(..., help="Why, for the routing record.")
+def _move(service: str, side: str, reason: str) -> None:
+    from nexpo_workflows.failover.models import SetActiveSideInput
+
+    command = "promote" if side == "secondary" else "failback"
+    _update_monitor(
+        service, "set_active_side", SetActiveSideInput(side=side, reason=reason), command
+    )
 
 
 @cloud_app.command("promote")
@@ -474,6 +486,24 @@ def cloud_failback(
     _move(service, "primary", reason)
 
 
+@cloud_app.command("hold")
+def cloud_hold(service: str, reason: str = typer.Option(..., help="Why, for the record.")) -> None:
+    """Keep the active side as it is: the monitor switches no side on its own until released."""
+    from nexpo_workflows.failover.models import HoldInput
+
+    _update_monitor(service, "hold", HoldInput(reason=reason), "hold")
+
+
+@cloud_app.command("release")
+def cloud_release(
+    service: str, reason: str = typer.Option(..., help="Why, for the record.")
+) -> None:
+    """End a hold: the monitor switches sides on its probes again."""
+    from nexpo_workflows.failover.models import HoldInput
+
+    _update_monitor(service, "release", HoldInput(reason=reason), "release")
+
+
 decisions_app = typer.Typer(
     help="AI decisions on support requests, and their human approval.", no_args_is_help=True
 )
@@ -487,7 +517,11 @@ def _decisions(command: str, call: Callable[[DecisionService], Awaitable[T]]) ->
     async def run() -> T:
         client = await connect(settings, runtime=create_runtime(""))
         try:
-            return await call(DecisionService(client, settings.temporal_task_queue))
+            return await call(
+                DecisionService(
+                    client, settings.temporal_task_queue, settings.temporal_answer_timeout
+                )
+            )
         except (DecisionExistsError, DecisionNotFoundError) as error:
             _fail(str(error), 1)
         except ApprovalRefusedError as error:
@@ -657,7 +691,10 @@ def content_review(
         handle = client.get_workflow_handle_for(AIContentPipelineWorkflow.run, content_id)
         try:
             status: PipelineStatus = await handle.execute_update(
-                SUBMIT_REVIEW, review, result_type=PipelineStatus
+                SUBMIT_REVIEW,
+                review,
+                result_type=PipelineStatus,
+                rpc_timeout=settings.temporal_answer_timeout,
             )
         except WorkflowUpdateFailedError as error:
             _fail(f"refused: {error.cause}", 2)
@@ -681,7 +718,9 @@ def content_show(content_id: str) -> None:
         client = await connect(settings, runtime=create_runtime(""))
         handle = client.get_workflow_handle_for(AIContentPipelineWorkflow.run, content_id)
         try:
-            return await handle.query(AIContentPipelineWorkflow.status)
+            return await handle.query(
+                AIContentPipelineWorkflow.status, rpc_timeout=settings.temporal_answer_timeout
+            )
         except (RPCError, WorkflowQueryFailedError) as error:
             _fail(f"no pipeline {content_id}: {error}", 1)
 

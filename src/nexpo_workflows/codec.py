@@ -22,6 +22,8 @@ ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
 KEY_BYTES = 32
 NONCE_BYTES = 12
+# AES-GCM appends a 16-byte authentication tag to what it encrypts.
+_TAG_BYTES = 16
 
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -96,6 +98,11 @@ class EncryptionCodec(PayloadCodec):
             raise PayloadDecryptionError(
                 f"payload encrypted with key id {key_id!r}, which is not among the configured "
                 f"keys ({', '.join(self._ciphers)}); add it back to PAYLOAD_ENCRYPTION_KEYS"
+            )
+        if len(payload.data) < NONCE_BYTES + _TAG_BYTES:
+            raise PayloadDecryptionError(
+                f"payload encrypted with key id {key_id!r} is {len(payload.data)} bytes, shorter "
+                f"than a nonce and a tag ({NONCE_BYTES + _TAG_BYTES}): it was truncated"
             )
         nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
         try:

@@ -7,6 +7,7 @@ one is reported once, by name, before anything connects.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -56,6 +57,8 @@ class Settings(BaseSettings):
     temporal_tls_client_key: Path | None = None
     temporal_tls_server_name: str | None = None
     temporal_connect_timeout_seconds: float = Field(default=30.0, gt=0)
+    # How long the gateway and the CLI wait for a worker to answer a query or an update.
+    temporal_answer_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
 
     # --- Worker -------------------------------------------------------------------------
     temporal_max_concurrent_workflow_tasks: int = Field(default=100, ge=2)
@@ -120,6 +123,11 @@ class Settings(BaseSettings):
     gcs_project: str | None = None
     # For an emulator (fake-gcs-server); empty = Google Cloud Storage.
     gcs_endpoint_url: str | None = None
+
+    # --- Failover monitor ------------------------------------------------------------------
+    # The hosts a monitor's URL targets may name (exact names, comma-separated); empty: URL
+    # targets are refused, only store targets are probed.
+    failover_probe_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- User onboarding saga -----------------------------------------------------------
     # "activity": each database step is a regular activity; "local": a local activity
@@ -198,6 +206,8 @@ class Settings(BaseSettings):
     health_check_timeout_seconds: float = Field(default=5.0, gt=0)
     # How long a started health check may wait for a worker to pick it up.
     health_check_worker_wait_seconds: float = Field(default=10.0, gt=0)
+    # /readyz answers from one check for this long; concurrent callers share the one in flight.
+    readyz_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
     # --- Gateway and metrics ------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -234,7 +244,12 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
-        "api_key_hashes", "codec_cors_origins", "notify_email_to", "webhook_urls", mode="before"
+        "api_key_hashes",
+        "codec_cors_origins",
+        "notify_email_to",
+        "webhook_urls",
+        "failover_probe_allowed_hosts",
+        mode="before",
     )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -316,6 +331,10 @@ class Settings(BaseSettings):
         if self.temporal_uses_cloud and self.temporal_namespace == "default":
             return str(self.temporal_cloud_namespace)
         return self.temporal_namespace
+
+    @property
+    def temporal_answer_timeout(self) -> timedelta:
+        return timedelta(seconds=self.temporal_answer_timeout_seconds)
 
     @property
     def sqlite_file(self) -> Path:

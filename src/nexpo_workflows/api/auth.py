@@ -69,6 +69,16 @@ class Authenticator:
         return self._valid_api_key(bearer) or self._valid_jwt(bearer)
 
 
+def has_credentials(request: Request) -> bool:
+    """Whether the request carries a valid API key or JWT, for an open route that says more
+    to a caller with credentials (read from the headers: the route declares no security
+    scheme, since it answers without one)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return authenticator.accepts(request.headers.get("X-API-Key"), bearer)
+
+
 async def require_auth(
     request: Request,
     api_key: Annotated[str | None, Depends(_api_key_header)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import (
@@ -53,6 +54,8 @@ class ApprovalRefusedError(Exception):
 class DecisionService:
     client: Client
     task_queue: str
+    # How long a query or an update waits for a worker (TEMPORAL_ANSWER_TIMEOUT_SECONDS).
+    answer_timeout: timedelta = timedelta(seconds=30)
 
     def _handle(self, request_id: str) -> WorkflowHandle[Any, DecisionResult]:
         return self.client.get_workflow_handle_for(
@@ -75,7 +78,9 @@ class DecisionService:
 
     async def status(self, request_id: str) -> DecisionStatus:
         try:
-            status: DecisionStatus = await self._handle(request_id).query(AIDecisionWorkflow.status)
+            status: DecisionStatus = await self._handle(request_id).query(
+                AIDecisionWorkflow.status, rpc_timeout=self.answer_timeout
+            )
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise DecisionNotFoundError(request_id) from None
@@ -87,7 +92,10 @@ class DecisionService:
         try:
             # By name: the SDK's typing of an async update method does not match its own stub.
             updated: DecisionStatus = await handle.execute_update(
-                "approve_decision", approval, result_type=DecisionStatus
+                "approve_decision",
+                approval,
+                result_type=DecisionStatus,
+                rpc_timeout=self.answer_timeout,
             )
             return updated
         except WorkflowUpdateFailedError as error:

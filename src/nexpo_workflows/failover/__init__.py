@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from nexpo_workflows.failover.models import (
         FailoverInput,
         FailoverState,
+        HoldInput,
         ProbeResult,
         ProbeTarget,
         RoutingRecord,
@@ -30,6 +31,7 @@ _MODULES = {
     "FailoverActivities": "activities",
     "FailoverInput": "models",
     "FailoverState": "models",
+    "HoldInput": "models",
     "ProbeResult": "models",
     "ProbeTarget": "models",
     "RoutingRecord": "models",
@@ -44,6 +46,7 @@ __all__ = [
     "FailoverInput",
     "FailoverState",
     "FailoverWorkflow",
+    "HoldInput",
     "ProbeResult",
     "ProbeTarget",
     "RoutingRecord",

@@ -7,8 +7,15 @@ from typing import Any
 
 import httpx
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from nexpo_workflows.failover.models import NotifyInput, ProbeInput, ProbeResult, RoutingRecord
+from nexpo_workflows.failover.models import (
+    PROBE_TARGET_REFUSED,
+    NotifyInput,
+    ProbeInput,
+    ProbeResult,
+    RoutingRecord,
+)
 from nexpo_workflows.failover.probes import Prober
 from nexpo_workflows.failover.routing import RoutingTable, routing_store
 from nexpo_workflows.services import Services
@@ -21,9 +28,14 @@ class FailoverActivities:
         self._stores = services.stores
         self._http = httpx.AsyncClient()
         self._prober = Prober(self._stores, self._http)
+        self._allowed_hosts = services.settings.failover_probe_allowed_hosts
 
     @activity.defn(name="probe_target")
     async def probe_target(self, input: ProbeInput) -> ProbeResult:
+        # Checked here too: a workflow started past the gateway must not probe other hosts.
+        refusal = input.target.refusal(self._allowed_hosts)
+        if refusal is not None:
+            raise ApplicationError(refusal, type=PROBE_TARGET_REFUSED, non_retryable=True)
         return await self._prober.probe(input)
 
     @activity.defn(name="record_active_side")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Self
 
 from pydantic import BaseModel, Field, HttpUrl, model_validator
+
+# The error type of a probe refused by the worker's FAILOVER_PROBE_ALLOWED_HOSTS.
+PROBE_TARGET_REFUSED = "ProbeTargetRefused"
+# Below the minimum a monitor is a tight loop against its targets; above the maximum an
+# outage goes unnoticed too long.
+MIN_PROBE_INTERVAL_SECONDS = 1.0
+MAX_PROBE_INTERVAL_SECONDS = 3600.0
 
 
 class Side(StrEnum):
@@ -34,6 +42,18 @@ class ProbeTarget(BaseModel):
     def describe(self) -> str:
         return f"store:{self.store}" if self.store is not None else str(self.url)
 
+    def refusal(self, allowed_hosts: Sequence[str]) -> str | None:
+        """Why this target may not be probed (a URL whose host is not allowed), or None."""
+        if self.url is None:
+            return None
+        host = (self.url.host or "").lower()
+        if host in {allowed.lower() for allowed in allowed_hosts}:
+            return None
+        return (
+            f"probe target host {host!r} is not allowed: FAILOVER_PROBE_ALLOWED_HOSTS is "
+            f"{', '.join(allowed_hosts) or 'empty (no URL targets)'}"
+        )
+
 
 class ProbeResult(BaseModel):
     at: datetime
@@ -52,13 +72,18 @@ class FailoverCarry(BaseModel):
     consecutive_successes: int = Field(default=0, ge=0)
     recent_probes: list[ProbeResult] = Field(default_factory=list)
     total_rounds: int = Field(default=0, ge=0)
+    # Set by an operator's ``hold``: no automatic switch until ``release``.
+    held: bool = False
+    hold_reason: str | None = None
 
 
 class FailoverInput(BaseModel):
     service: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     primary: ProbeTarget
     secondary: ProbeTarget
-    probe_interval_seconds: float = Field(default=30.0, gt=0)
+    probe_interval_seconds: float = Field(
+        default=30.0, ge=MIN_PROBE_INTERVAL_SECONDS, le=MAX_PROBE_INTERVAL_SECONDS
+    )
     probe_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     failures_to_promote: int = Field(default=3, ge=1)
     successes_to_fail_back: int = Field(default=5, ge=1)
@@ -78,12 +103,20 @@ class FailoverState(BaseModel):
     recent_probes: list[ProbeResult]
     rounds_since_continue_as_new: int
     total_rounds: int
+    held: bool = False
+    hold_reason: str | None = None
 
 
 class SetActiveSideInput(BaseModel):
     # Plain strings, checked by the update's validator, so a wrong value is rejected with a
     # clear message rather than failing to decode.
     side: str
+    reason: str
+
+
+class HoldInput(BaseModel):
+    """The ``hold`` and ``release`` updates' input; the reason is checked by their validator."""
+
     reason: str
 
 

@@ -1,5 +1,6 @@
 """FailoverWorkflow: probe a service's primary and secondary, and move the routing record
-to the secondary after N failed primary probes, back after M healthy ones."""
+to the secondary after N failed primary probes, back after M healthy ones. An operator's
+``hold`` stops the automatic switches (e.g. after a manual promotion) until ``release``."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from nexpo_workflows.failover.activities import FailoverActivities
     from nexpo_workflows.failover.models import (
+        PROBE_TARGET_REFUSED,
         FailoverCarry,
         FailoverInput,
         FailoverState,
+        HoldInput,
         NotifyInput,
         ProbeInput,
         ProbeResult,
@@ -86,6 +89,8 @@ class FailoverWorkflow:
             else:
                 carry.consecutive_failures += 1
                 carry.consecutive_successes = 0
+            if carry.held:
+                return
             if carry.active_side is Side.PRIMARY:
                 if carry.consecutive_failures < self._input.failures_to_promote:
                     return
@@ -120,6 +125,11 @@ class FailoverWorkflow:
             )
         except ActivityError as error:
             cause = error.cause or error
+            if isinstance(cause, ApplicationError) and cause.type == PROBE_TARGET_REFUSED:
+                # Not an outage: this monitor may not run here at all.
+                raise ApplicationError(
+                    str(cause), type=PROBE_TARGET_REFUSED, non_retryable=True
+                ) from error
             return ProbeResult(
                 at=workflow.now(),
                 side=side,
@@ -186,6 +196,8 @@ class FailoverWorkflow:
             recent_probes=list(carry.recent_probes),
             rounds_since_continue_as_new=self._rounds,
             total_rounds=carry.total_rounds,
+            held=carry.held,
+            hold_reason=carry.hold_reason,
         )
 
     @workflow.update(name="set_active_side")
@@ -211,5 +223,33 @@ class FailoverWorkflow:
     def _validate_set_active_side(self, input: SetActiveSideInput) -> None:
         if input.side not in _SIDES:
             raise ValueError(f"side must be one of {sorted(_SIDES)}, not {input.side!r}")
-        if not input.reason.strip():
-            raise ValueError("a reason is required")
+        _require_reason(input.reason)
+
+    @workflow.update(name="hold")
+    def hold(self, input: HoldInput) -> FailoverState:
+        """Keep the active side as it is: no automatic switch until ``release``."""
+        self._carry.held = True
+        self._carry.hold_reason = input.reason.strip()
+        return self.state()
+
+    @workflow.update(name="release")
+    def release(self, input: HoldInput) -> FailoverState:
+        """Let the probes switch sides again (from the next round, on fresh counters)."""
+        self._carry.held = False
+        self._carry.hold_reason = None
+        self._reset_counters()
+        workflow.logger.info("%s: hold released: %s", self._input.service, input.reason.strip())
+        return self.state()
+
+    @hold.validator
+    def _validate_hold(self, input: HoldInput) -> None:
+        _require_reason(input.reason)
+
+    @release.validator
+    def _validate_release(self, input: HoldInput) -> None:
+        _require_reason(input.reason)
+
+
+def _require_reason(reason: str) -> None:
+    if not reason.strip():
+        raise ValueError("a reason is required")

@@ -42,11 +42,14 @@ class Digests:
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.size = 0
 
+    def update(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.md5.update(chunk)
+        self.size += len(chunk)
+
     async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in chunks:
-            self.sha256.update(chunk)
-            self.md5.update(chunk)
-            self.size += len(chunk)
+            self.update(chunk)
             yield chunk
 
 

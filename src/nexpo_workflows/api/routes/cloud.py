@@ -16,6 +16,7 @@ from nexpo_workflows.api.deps import ClientDep, GatewayState, StateDep
 from nexpo_workflows.failover.models import (
     FailoverInput,
     FailoverState,
+    HoldInput,
     RoutingRecord,
     SetActiveSideInput,
 )
@@ -154,12 +155,26 @@ class FailoverStatus(BaseModel):
     "/failover",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WorkflowAccepted,
-    responses={409: {"description": "A monitor for this service is running"}},
+    responses={
+        409: {"description": "A monitor for this service is running"},
+        422: {
+            "description": "Invalid input, a probe interval out of bounds, or a URL target "
+            "whose host FAILOVER_PROBE_ALLOWED_HOSTS does not allow"
+        },
+    },
 )
 async def start_failover_monitor(
     body: FailoverInput, request: Request, client: ClientDep, state: StateDep
 ) -> Any:
     """Start the long-running failover monitor of a service (one per service)."""
+    allowed_hosts = state.services.settings.failover_probe_allowed_hosts
+    refusals = [
+        refusal
+        for target in (body.primary, body.secondary)
+        if (refusal := target.refusal(allowed_hosts)) is not None
+    ]
+    if refusals:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "; ".join(refusals))
     try:
         handle = await client.start_workflow(
             FailoverWorkflow.run,
@@ -189,28 +204,34 @@ async def failover_status(
     handle = client.get_workflow_handle(failover_workflow_id(service))
     try:
         if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-            monitor = await handle.query("state", result_type=FailoverState)
-    except RPCError:
-        monitor = None
+            monitor = await handle.query(
+                "state",
+                result_type=FailoverState,
+                rpc_timeout=state.services.settings.temporal_answer_timeout,
+            )
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
     return FailoverStatus(service=service, routing=await table.read(service), monitor=monitor)
 
 
-@router.post(
-    "/failover/{service}/active-side",
-    response_model=FailoverState,
-    responses={
-        404: {"description": "No monitor runs for this service"},
-        422: {"description": "Invalid side or missing reason"},
-    },
-)
-async def set_active_side(
-    service: ServicePath, body: SetActiveSideInput, client: ClientDep
+_MONITOR_UPDATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No monitor runs for this service"},
+    422: {"description": "Invalid input or missing reason"},
+}
+
+
+async def _update_monitor(
+    service: str, update: str, body: BaseModel, client: Client, state: GatewayState
 ) -> FailoverState:
-    """Manual promote (side=secondary) or failback (side=primary), with a reason."""
+    """Run one of the monitor's updates; refused: 422, no monitor: 404."""
     handle = client.get_workflow_handle(failover_workflow_id(service))
     try:
         updated: FailoverState = await handle.execute_update(
-            "set_active_side", body, result_type=FailoverState
+            update,
+            body,
+            result_type=FailoverState,
+            rpc_timeout=state.services.settings.temporal_answer_timeout,
         )
     except WorkflowUpdateFailedError as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error.cause)) from None
@@ -219,3 +240,38 @@ async def set_active_side(
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no monitor of {service}") from None
         raise
     return updated
+
+
+@router.post(
+    "/failover/{service}/active-side",
+    response_model=FailoverState,
+    responses=_MONITOR_UPDATE_RESPONSES,
+)
+async def set_active_side(
+    service: ServicePath, body: SetActiveSideInput, client: ClientDep, state: StateDep
+) -> FailoverState:
+    """Manual promote (side=secondary) or failback (side=primary), with a reason."""
+    return await _update_monitor(service, "set_active_side", body, client, state)
+
+
+@router.post(
+    "/failover/{service}/hold", response_model=FailoverState, responses=_MONITOR_UPDATE_RESPONSES
+)
+async def hold_failover(
+    service: ServicePath, body: HoldInput, client: ClientDep, state: StateDep
+) -> FailoverState:
+    """Keep the active side as it is (e.g. after a manual promotion): the monitor switches no
+    side on its own until released; its state shows `held`."""
+    return await _update_monitor(service, "hold", body, client, state)
+
+
+@router.post(
+    "/failover/{service}/release",
+    response_model=FailoverState,
+    responses=_MONITOR_UPDATE_RESPONSES,
+)
+async def release_failover(
+    service: ServicePath, body: HoldInput, client: ClientDep, state: StateDep
+) -> FailoverState:
+    """End a hold: the monitor switches sides on its probes again."""
+    return await _update_monitor(service, "release", body, client, state)

@@ -67,7 +67,7 @@ async def _pipeline(
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pipeline {content_id!r}") from None
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
+        raise
     if description.workflow_type != WORKFLOW_NAME:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
@@ -77,12 +77,15 @@ async def _pipeline(
 
 
 @router.get("/{content_id}", response_model=PipelineStatus, responses=_NOT_FOUND)
-async def get_content(content_id: ContentId, client: ClientDep) -> PipelineStatus:
+async def get_content(content_id: ContentId, client: ClientDep, state: StateDep) -> PipelineStatus:
     """The pipeline's stage, current draft, revision, review history and token usage."""
     handle = await _pipeline(client, content_id)
     try:
-        return await handle.query(AIContentPipelineWorkflow.status)
-    except (WorkflowQueryFailedError, RPCError) as error:
+        return await handle.query(
+            AIContentPipelineWorkflow.status,
+            rpc_timeout=state.services.settings.temporal_answer_timeout,
+        )
+    except WorkflowQueryFailedError as error:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
 
 
@@ -96,13 +99,16 @@ async def get_content(content_id: ContentId, client: ClientDep) -> PipelineStatu
     },
 )
 async def review_content(
-    content_id: ContentId, body: HumanReview, client: ClientDep
+    content_id: ContentId, body: HumanReview, client: ClientDep, state: StateDep
 ) -> PipelineStatus:
     """A person's review of the draft: approve, reject or request_changes (with comments)."""
     handle = await _pipeline(client, content_id)
     try:
         reviewed: PipelineStatus = await handle.execute_update(
-            SUBMIT_REVIEW, body, result_type=PipelineStatus
+            SUBMIT_REVIEW,
+            body,
+            result_type=PipelineStatus,
+            rpc_timeout=state.services.settings.temporal_answer_timeout,
         )
     except WorkflowUpdateFailedError as error:
         cause = error.cause
@@ -117,5 +123,5 @@ async def review_content(
             raise HTTPException(
                 status.HTTP_409_CONFLICT, f"content {content_id} is not awaiting a review: {error}"
             ) from None
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
+        raise
     return reviewed

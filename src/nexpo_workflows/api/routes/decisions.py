@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
-from temporalio.service import RPCError
 
 from nexpo_workflows.api.deps import ClientDep, StateDep
 from nexpo_workflows.decisions.models import (
@@ -26,13 +25,13 @@ router = APIRouter(prefix="/api/decisions", tags=["decisions"])
 
 RequestId = Annotated[str, Path(min_length=1, max_length=100, pattern=REQUEST_ID_PATTERN)]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No decision for this request id"},
-    503: {"description": "Temporal did not answer"},
+    404: {"description": "No decision for this request id"}
 }
 
 
 def _service(client: ClientDep, state: StateDep) -> DecisionService:
-    return DecisionService(client, state.services.settings.temporal_task_queue)
+    settings = state.services.settings
+    return DecisionService(client, settings.temporal_task_queue, settings.temporal_answer_timeout)
 
 
 @router.post(
@@ -64,8 +63,6 @@ async def get_decision(request_id: RequestId, client: ClientDep, state: StateDep
         return await _service(client, state).status(request_id)
     except DecisionNotFoundError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-    except RPCError as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
 
 
 @router.post(
@@ -86,5 +83,3 @@ async def approve_decision(
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except ApprovalRefusedError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
-    except RPCError as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error

@@ -42,7 +42,7 @@ async def get_workflow(
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no workflow {workflow_id!r}") from None
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
+        raise
     if description.workflow_type not in registry.WORKFLOW_NAMES:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
