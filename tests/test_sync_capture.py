@@ -7,6 +7,8 @@ replication slot is read in ``pg_replication_slots`` directly.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
 import signal
 import sqlite3
@@ -457,3 +459,29 @@ async def dump_of_every_database(settings: Settings) -> str:
     finally:
         await mongo.close()
     return "\n".join(texts)
+
+
+async def test_a_dataset_carries_only_its_columns_and_masks_some(
+    client: Client, make_settings: Callable[..., Settings], source: Source, source_url: str
+) -> None:
+    narrow = {
+        "name": DATASET,
+        "source": {"provider": "postgres", "table": "items"},
+        "columns": ["id", "name"],
+        "masked": ["name"],
+    }
+    settings = make_settings(
+        enable_postgres=True, postgres_url=source_url, enable_sqlite=True, sync_datasets=[narrow]
+    )
+    ids = await source.insert(3)
+    services = Services.from_settings(settings, client)
+    try:
+        async with build_worker(client, services):
+            await run_sync(client, settings)
+        held = await services.providers["sqlite"].get_records(DATASET, ids)
+    finally:
+        await services.close()
+    digest = hashlib.sha256(json.dumps(f"name of {ids[0]}").encode()).hexdigest()
+    first = next(record for record in held if record.id == ids[0])
+    assert first.data == {"id": ids[0], "name": f"sha256:{digest}"}
+    assert all(set(record.data) == {"id", "name"} for record in held)
