@@ -45,7 +45,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from tests.servers.mongodb import running_mongodb
-from tests.servers.postgres import fresh_database
+from tests.servers.postgres import fresh_database, logical_server
 
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
@@ -389,9 +389,11 @@ async def main(sizes: list[int], targets: list[str], batch_size: int) -> None:
             Settings(_env_file=None, enable_temporal=True, temporal_server_url=server.address)
         )
         bench = Bench(client, server.address, data, batch_size, mongodb_url)
+        # At wal_level=logical: the sync copies the table, then reads the log.
+        admin_url = await stack.enter_async_context(logical_server())
         results: dict[tuple[str, int], Figures] = {}
         for rows in sizes:
-            async with fresh_database() as postgres_url:
+            async with fresh_database(admin_url) as postgres_url:
                 await fill_source(postgres_url, rows)
                 for target in targets:
                     results[target, rows] = await bench.measure(target, rows, postgres_url)

@@ -7,6 +7,9 @@ replication slot is read in ``pg_replication_slots`` directly.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
 import random
 import signal
 import sqlite3
@@ -19,14 +22,17 @@ from typing import Any
 import asyncpg
 import pytest
 from pymongo import AsyncMongoClient
+from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.providers import enabled_providers
+from nexpo_workflows.providers.sqlserver import SQLServerProvider
 from nexpo_workflows.services import Services
+from nexpo_workflows.sync.capture import change_log
 from nexpo_workflows.sync.capture.postgres import slot_name
 from nexpo_workflows.sync.datasets import QUARANTINE_PREFIX, USERS_DATASET
-from nexpo_workflows.sync.models import SyncInput, SyncResult
+from nexpo_workflows.sync.models import SyncInput, SyncResult, SyncSource
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.users.models import OffboardingInput
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow
@@ -457,3 +463,63 @@ async def dump_of_every_database(settings: Settings) -> str:
     finally:
         await mongo.close()
     return "\n".join(texts)
+
+
+async def test_a_dataset_carries_only_its_columns_and_masks_some(
+    client: Client, make_settings: Callable[..., Settings], source: Source, source_url: str
+) -> None:
+    narrow = {
+        "name": DATASET,
+        "source": {"provider": "postgres", "table": "items"},
+        "columns": ["id", "name"],
+        "masked": ["name"],
+    }
+    settings = make_settings(
+        enable_postgres=True, postgres_url=source_url, enable_sqlite=True, sync_datasets=[narrow]
+    )
+    ids = await source.insert(3)
+    services = Services.from_settings(settings, client)
+    try:
+        async with build_worker(client, services):
+            await run_sync(client, settings)
+        held = await services.providers["sqlite"].get_records(DATASET, ids)
+    finally:
+        await services.close()
+    digest = hashlib.sha256(json.dumps(f"name of {ids[0]}").encode()).hexdigest()
+    first = next(record for record in held if record.id == ids[0])
+    assert first.data == {"id": ids[0], "name": f"sha256:{digest}"}
+    assert all(set(record.data) == {"id", "name"} for record in held)
+
+
+@pytest.mark.skipif("MSSQL_URL" not in os.environ, reason="no SQL Server here; set MSSQL_URL")
+async def test_sql_server_change_tracking_reads_confirms_and_deletes() -> None:
+    """Change Tracking on a real SQL Server: the database needs change tracking and snapshot
+    isolation on."""
+    provider = SQLServerProvider.from_settings(
+        Settings(_env_file=None, enable_sqlserver=True, sqlserver_url=os.environ["MSSQL_URL"])
+    )
+    table = f"ct_{uuid.uuid4().hex[:8]}"
+    engine = await provider.ready_engine()
+    async with engine.begin() as connection:
+        await connection.execute(text(f"CREATE TABLE {table} (id INT PRIMARY KEY, body TEXT)"))
+    log = change_log(provider, SyncSource(table=table, deleted_column=None), table)
+    try:
+        start = await log.ensure()
+        assert start is not None
+        assert await log.ensure() is None
+        async with engine.begin() as connection:
+            await connection.execute(text(f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b')"))
+            await connection.execute(text(f"DELETE FROM {table} WHERE id = 2"))
+        segment = await log.read(limit=100)
+        assert {key: removed for key, (_, removed) in segment.changes.items()} == {
+            "1": False,
+            "2": True,
+        }
+        assert segment.end is not None
+        await log.confirm(segment.end)
+        assert (await log.read()).changes == {}
+    finally:
+        await log.drop()
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP TABLE {table}"))
+        await provider.close()

@@ -372,7 +372,10 @@ class SyncActivities:
             await log.confirm(segment.end)
             segment = await log.read(limit=plan.batch_size, upto=input.until)
         oldest = segment.oldest_commit
-        _record_lag(plan, max((datetime.now(UTC) - oldest).total_seconds(), 0.0) if oldest else 0.0)
+        if oldest is not None:
+            _record_lag(plan, max((datetime.now(UTC) - oldest).total_seconds(), 0.0))
+        elif segment.end is None:
+            _record_lag(plan, 0.0)  # caught up; a log without commit times leaves it unknown
         start = Watermark(kind=PositionKind.LOG, version=segment.start)
         if segment.end is None:
             return ChangeBatch(after=start, last=None, count=0)

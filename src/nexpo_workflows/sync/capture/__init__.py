@@ -29,6 +29,7 @@ __all__ = [
 CHANGE_LOGS = {
     "postgresql": "postgres:PostgresChangeLog",
     "sqlite": "sqlite:SQLiteChangeLog",
+    "mssql": "sqlserver:SQLServerChangeLog",
 }
 
 
@@ -36,7 +37,7 @@ def change_log(provider: SQLProvider, source: SyncSource, dataset: str) -> Chang
     backend = make_url(provider.url).get_backend_name()
     if backend not in CHANGE_LOGS:
         raise CaptureRefusedError(
-            f"{provider.name} ({backend}) has no change log here; set the dataset's source "
+            f"{provider.name} ({backend}) has no change log; set the dataset's source "
             '"capture": "poll" (a version column; misses hard deletes and late commits)'
         )
     module, _, name = CHANGE_LOGS[backend].partition(":")

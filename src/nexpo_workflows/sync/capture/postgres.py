@@ -230,9 +230,13 @@ class PostgresChangeLog(ChangeLog):
 
     async def confirm(self, position: int) -> None:
         async def advance(connection: AsyncConnection) -> None:
-            # Never backwards: PostgreSQL ignores a position before the confirmed one.
+            # Never backwards (PostgreSQL refuses it): a retried confirm is a no-op.
             await connection.execute(
-                text("SELECT pg_replication_slot_advance(:slot, CAST(:lsn AS pg_lsn))"),
+                text(
+                    "SELECT pg_replication_slot_advance(slot_name, CAST(:lsn AS pg_lsn))"
+                    " FROM pg_replication_slots WHERE slot_name = :slot"
+                    " AND confirmed_flush_lsn < CAST(:lsn AS pg_lsn)"
+                ),
                 {"slot": self.slot, "lsn": position},
             )
 
