@@ -31,7 +31,7 @@ from nexpo_workflows.devserver import start_dev_server
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.services import Services
 from tests.conftest import API_KEY, run_cli
-from tests.test_sync import ITEMS_DATASET
+from tests.sync_source import ITEMS_DATASET
 
 KEYS = f"k1:{base64.b64encode(os.urandom(32)).decode()}"
 
