@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from temporalio.client import Client, WorkflowFailureError
 
 from nexpo_workflows.config import Settings
+from nexpo_workflows.ports import free_port
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.capture.postgres import slot_name
 from nexpo_workflows.sync.models import SyncInput, SyncResult
@@ -37,7 +40,7 @@ from tests.sync_source import (
     run_sync,
     sync_worker_env,
 )
-from tests.test_worker_processes import worker_process
+from tests.test_worker_processes import wait_for_pollers, worker_process
 
 
 async def slot(url: str) -> tuple[int, int]:
@@ -381,3 +384,48 @@ async def test_a_sqlite_source_is_captured_by_its_change_table(
         assert pending == 0  # confirmed changes leave the change table
     finally:
         await services.close()
+
+
+async def test_the_lag_gauge_follows_the_slot_on_the_workers_metrics_endpoint(
+    cli: list[str],
+    cli_env: dict[str, str],
+    client: Client,
+    sync_settings: Settings,
+    source: Source,
+) -> None:
+    """While a run works through changes committed a second ago, sync_lag_seconds shows their
+    age; once the run has caught up, 0."""
+    metrics_address = f"127.0.0.1:{free_port()}"
+    gauge = re.compile(r'^sync_lag_seconds\{[^}]*dataset="items"[^}]*\} (\S+)$', re.MULTILINE)
+
+    async def lag_seconds(http: httpx.AsyncClient) -> float | None:
+        found = gauge.search((await http.get(f"http://{metrics_address}/metrics")).text)
+        return float(found.group(1)) if found else None
+
+    env = sync_worker_env(cli_env, sync_settings, batch_size=10)
+    async with (
+        worker_process(
+            cli, env, METRICS_BIND_ADDRESS=metrics_address, TEMPORAL_WORKER_IDENTITY="lagging"
+        ),
+        httpx.AsyncClient() as http,
+    ):
+        await wait_for_pollers(client, sync_settings.temporal_task_queue, {"lagging"})
+        await run_sync(client, sync_settings)  # creates the slot: what follows is streamed
+        assert await lag_seconds(http) == 0.0
+        await source.insert(200)
+        await asyncio.sleep(1.0)
+        handle = await client.start_workflow(
+            DataSyncWorkflow.run,
+            SyncInput(dataset=DATASET),
+            id=sync_workflow_id(DATASET),
+            task_queue=sync_settings.temporal_task_queue,
+        )
+        seen: list[float] = []
+        outcome = asyncio.ensure_future(handle.result())
+        while not outcome.done():
+            if (value := await lag_seconds(http)) is not None:
+                seen.append(value)
+            await asyncio.sleep(0.05)
+        assert (await outcome).progress.rows_synced == 200
+        assert max(seen) >= 1.0, seen
+        assert await lag_seconds(http) == 0.0
