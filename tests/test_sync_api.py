@@ -35,7 +35,7 @@ from nexpo_workflows.sync.schedules import (
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.worker import build_worker
 from tests.conftest import API_KEY, run_cli
-from tests.servers.postgres import fresh_database
+from tests.servers.postgres import fresh_database, private_cluster
 from tests.sync_source import (
     DATASET,
     ITEMS_DATASET,
@@ -602,3 +602,51 @@ async def test_a_table_without_a_primary_key_is_refused_before_a_run_starts(
     finally:
         for provider in providers.values():
             await provider.close()
+
+
+async def test_a_slot_the_server_invalidated_shows_as_lost_until_reset(
+    client: Client, make_settings: Callable[..., Settings]
+) -> None:
+    """A cluster that keeps at most 1 MB of WAL for a slot: the slot of a dataset that is not
+    synced while WAL grows is invalidated, the status says so, and a reset makes the next run
+    copy the table anew."""
+    async with (
+        private_cluster("-c wal_level=logical", "-c max_slot_wal_keep_size=1MB") as (admin, _),
+        fresh_database(admin) as url,
+    ):
+        source = Source(url)
+        await source.create_table()
+        await source.execute("CREATE TABLE filler (n int)")
+        settings = make_settings(
+            enable_postgres=True, postgres_url=url, enable_sqlite=True,
+            sync_datasets=[ITEMS_DATASET],
+        )  # fmt: skip
+        services = Services.from_settings(settings, client)
+        try:
+            async with build_worker(client, services), gateway_on(client, settings) as http:
+                await source.insert(10)
+                await sync_through(http, client)
+                await source.insert(5, prefix="unsynced")
+
+                async def slot_lost() -> bool | None:
+                    # New segments, and a checkpoint that removes the old ones.
+                    await source.execute("INSERT INTO filler VALUES (1)")
+                    await source.execute("SELECT pg_switch_wal()")
+                    await source.execute("CHECKPOINT")
+                    rows = await source_fetch(
+                        url, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                        slot_name(DATASET),
+                    )  # fmt: skip
+                    return rows == [("lost",)] or None
+
+                await eventually(slot_lost)
+                capture = await capture_of(http)
+                assert capture["lost"] is True
+                assert f"nexpo-workflows sync reset {DATASET}" in capture["warning"]
+                assert (await http.delete(f"/api/sync/{DATASET}/capture")).status_code == 200
+                result = await sync_through(http, client)
+            assert result.progress.rows_synced == 15
+            await assert_targets_equal_source(settings, source)
+        finally:
+            await services.close()
+            await stop_leftovers(client, settings)
