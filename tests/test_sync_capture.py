@@ -25,7 +25,9 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.capture.postgres import slot_name
+from nexpo_workflows.sync.datasets import WATERMARKS_DATASET
 from nexpo_workflows.sync.models import SyncInput, SyncResult
+from nexpo_workflows.sync.runs import reset_capture
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.worker import build_worker
 from tests.conftest import saga_worker
@@ -382,6 +384,21 @@ async def test_a_sqlite_source_is_captured_by_its_change_table(
         with sqlite3.connect(tmp_path / "source.db") as db:
             (pending,) = db.execute("SELECT count(*) FROM nexpo_changes").fetchone()
         assert pending == 0  # confirmed changes leave the change table
+
+        # A reset removes the triggers and the copy state; the next run copies the table anew.
+        assert (await reset_capture(client, services, "notes")).dropped
+        with sqlite3.connect(tmp_path / "source.db") as db:
+            triggers = db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'nexpo_sync_%'"
+            ).fetchall()
+        assert triggers == []
+        assert await services.providers["sqlite"].get_records(WATERMARKS_DATASET, ["notes"]) == []
+        async with build_worker(client, services):
+            third = await client.execute_workflow(
+                DataSyncWorkflow.run, SyncInput(dataset="notes"), id=sync_workflow_id("notes"),
+                task_queue=settings.temporal_task_queue,
+            )  # fmt: skip
+        assert third.progress.rows_synced == 24
     finally:
         await services.close()
 
