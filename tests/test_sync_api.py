@@ -499,6 +499,26 @@ async def test_reset_drops_the_slot_and_the_copy_state_and_the_next_run_copies_a
     await assert_targets_equal_source(sync_settings, source)
 
 
+async def test_deleting_the_schedule_with_drop_capture_drops_the_slot(
+    gateway: httpx.AsyncClient,
+    client: Client,
+    source_url: str,
+    source: Source,
+    sync_worker: Services,
+) -> None:
+    slots = "SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1"
+    await source.insert(10)
+    await sync_through(gateway, client)
+    path = f"/api/sync/{DATASET}/schedule"
+    # Without a schedule: 404, and the slot stays.
+    assert (await gateway.delete(path, params={"dropCapture": "true"})).status_code == 404
+    assert await source_fetch(source_url, slots, slot_name(DATASET))
+    assert (await gateway.put(path, json={"every": "1d"})).is_success
+    assert (await gateway.delete(path, params={"dropCapture": "true"})).status_code == 204
+    assert not await source_fetch(source_url, slots, slot_name(DATASET))
+    assert (await gateway.get(path)).status_code == 404
+
+
 async def test_reset_is_refused_while_a_run_goes_on(
     gateway: httpx.AsyncClient,
     cli: list[str],

@@ -167,7 +167,13 @@ async def resume_dataset_schedule(dataset: DatasetPath, client: ClientDep, state
 
 
 @router.delete(
-    "/{dataset}/schedule", status_code=status.HTTP_204_NO_CONTENT, responses=_NO_SCHEDULE
+    "/{dataset}/schedule",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **_NO_SCHEDULE,
+        409: {"description": "dropCapture: a sync of this dataset is running, or it is polled"},
+        503: {"description": "dropCapture: the source cannot be reached"},
+    },
 )
 async def delete_dataset_schedule(
     dataset: DatasetPath,
