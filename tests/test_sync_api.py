@@ -1,25 +1,29 @@
 """/api/sync and `nexpo-workflows sync ...` on a real Temporal server: PostgreSQL as the
-source (the table of tests/test_sync.py), SQLite as the target."""
+source (the table of tests/test_sync.py; the logical cluster, or the machine's server at
+wal_level=replica for the refusals), SQLite as the target."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from nexpo_workflows.api.app import create_app
 from nexpo_workflows.api.deps import GatewayState
 from nexpo_workflows.config import Settings
 from nexpo_workflows.providers import enabled_providers
 from nexpo_workflows.services import Services
+from nexpo_workflows.sync.capture.postgres import slot_name
+from nexpo_workflows.sync.datasets import WATERMARKS_DATASET
 from nexpo_workflows.sync.models import SyncInput, SyncResult, SyncStatus
 from nexpo_workflows.sync.schedules import (
     ScheduleNotFoundError,
@@ -31,8 +35,10 @@ from nexpo_workflows.sync.schedules import (
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.worker import build_worker
 from tests.conftest import API_KEY, run_cli
+from tests.servers.postgres import fresh_database, private_cluster
 from tests.sync_source import (
     DATASET,
+    ITEMS_DATASET,
     Source,
     assert_targets_equal_source,
     eventually,
@@ -363,3 +369,304 @@ async def test_sync_schedule_commands_and_refusals(
     row = next(line for line in listed.stdout.splitlines() if f" {DATASET} " in line)
     assert "postgres:items" in row
     assert "sqlite" in row
+
+
+# --- Operating log capture: the change log's lag in the status, resetting the capture, and
+# the refusals a run gets before it starts.
+
+
+async def sync_through(gateway: httpx.AsyncClient, client: Client) -> SyncResult:
+    started = await gateway.post(f"/api/sync/{DATASET}")
+    assert started.status_code == 202, started.text
+    handle = client.get_workflow_handle(sync_workflow_id(DATASET), result_type=SyncResult)
+    result: SyncResult = await handle.result()
+    return result
+
+
+async def capture_of(gateway: httpx.AsyncClient) -> dict[str, Any]:
+    status = await gateway.get(f"/api/sync/{DATASET}")
+    assert status.status_code == 200, status.text
+    capture: dict[str, Any] = status.json()["capture"]
+    return capture
+
+
+async def source_fetch(url: str, sql: str, *args: Any) -> list[Any]:
+    connection = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql, *args)]
+    finally:
+        await connection.close()
+
+
+async def test_the_status_shows_what_the_slot_holds_and_how_old_it_is(
+    gateway: httpx.AsyncClient,
+    client: Client,
+    cli: list[str],
+    cli_env: dict[str, str],
+    sync_settings: Settings,
+    source_url: str,
+    source: Source,
+    sync_worker: Services,
+) -> None:
+    await source.insert(30)
+    await sync_through(gateway, client)
+    caught_up = await capture_of(gateway)
+    assert caught_up["created"] is True
+    assert caught_up["lag"]["unit"] == "bytes"
+    assert caught_up["lag"]["seconds"] == 0.0
+    assert caught_up["lag"]["state"] == "reserved"
+    assert caught_up["warning"] is None
+
+    await source.insert(200, prefix="later")
+    await asyncio.sleep(0.3)  # so the oldest pending commit has an age
+    behind = await capture_of(gateway)
+    # The slot holds at least the WAL of the 200 rows.
+    assert behind["lag"]["pending"] > caught_up["lag"]["pending"] + 200 * 50
+    assert behind["lag"]["seconds"] >= 0.3
+    shown = await run_cli(
+        [*cli, "sync", "status", DATASET], sync_env(cli_env, sync_settings, source_url)
+    )
+    assert shown.returncode == 0, shown.stderr
+    lag = json.loads(shown.stdout)["capture"]["lag"]
+    assert lag["pending"] >= behind["lag"]["pending"]
+    assert lag["seconds"] >= behind["lag"]["seconds"]
+
+    await sync_through(gateway, client)
+    again = await capture_of(gateway)
+    # The WAL is the whole cluster's: what follows the run's end (checkpoints, other
+    # databases) stays pending, but no change of the table does.
+    assert again["lag"]["seconds"] == 0.0
+    assert again["lag"]["pending"] < behind["lag"]["pending"]
+
+
+async def test_a_slot_holding_more_than_the_bound_warns(
+    client: Client,
+    cli: list[str],
+    cli_env: dict[str, str],
+    sync_settings: Settings,
+    source_url: str,
+    source: Source,
+    sync_worker: Services,
+) -> None:
+    settings = sync_settings.model_copy(update={"sync_slot_lag_warn_bytes": 1000})
+    async with gateway_on(client, settings) as http:
+        await sync_through(http, client)
+        await source.insert(50)
+        capture = await capture_of(http)
+    await stop_leftovers(client, settings)
+    assert "more than SYNC_SLOT_LAG_WARN_BYTES (1000)" in capture["warning"]
+    env = {**sync_env(cli_env, settings, source_url), "SYNC_SLOT_LAG_WARN_BYTES": "1000"}
+    shown = await run_cli([*cli, "sync", "status", DATASET], env)
+    assert shown.returncode == 0, shown.stderr
+    assert "warning: the change log of items holds" in shown.stderr
+
+
+async def test_reset_drops_the_slot_and_the_copy_state_and_the_next_run_copies_anew(
+    gateway: httpx.AsyncClient,
+    client: Client,
+    sync_settings: Settings,
+    source_url: str,
+    source: Source,
+    sync_worker: Services,
+) -> None:
+    ids = await source.insert(30)
+    await sync_through(gateway, client)
+    slots = "SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1"
+    assert await source_fetch(source_url, slots, slot_name(DATASET))
+
+    reset = await gateway.delete(f"/api/sync/{DATASET}/capture")
+    assert reset.status_code == 200, reset.text
+    assert reset.json() == {"dataset": DATASET, "dropped": True}
+    assert not await source_fetch(source_url, slots, slot_name(DATASET))
+    publications = "SELECT pubname FROM pg_publication WHERE pubname = $1"
+    assert not await source_fetch(source_url, publications, slot_name(DATASET))
+    postgres = sync_worker.providers["postgres"]
+    assert await postgres.get_records(WATERMARKS_DATASET, [DATASET]) == []
+    assert await capture_of(gateway) == {
+        "created": False, "lag": None, "lost": False, "warning": None, "error": None
+    }  # fmt: skip
+    again = await gateway.delete(f"/api/sync/{DATASET}/capture")
+    assert again.json() == {"dataset": DATASET, "dropped": False}
+
+    # Changes made while no log captures them, and a target row lost behind the sync's back:
+    # the copy brings them all.
+    await source.update(ids[3], name="changed while reset")
+    await source.insert(5, prefix="while-reset")
+    await sync_worker.providers["sqlite"].delete_records(DATASET, [ids[7]])
+    result = await sync_through(gateway, client)
+    assert result.progress.rows_synced == 35
+    assert await source_fetch(source_url, slots, slot_name(DATASET))
+    await assert_targets_equal_source(sync_settings, source)
+
+
+async def test_deleting_the_schedule_with_drop_capture_drops_the_slot(
+    gateway: httpx.AsyncClient,
+    client: Client,
+    source_url: str,
+    source: Source,
+    sync_worker: Services,
+) -> None:
+    slots = "SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1"
+    await source.insert(10)
+    await sync_through(gateway, client)
+    path = f"/api/sync/{DATASET}/schedule"
+    # Without a schedule: 404, and the slot stays.
+    assert (await gateway.delete(path, params={"dropCapture": "true"})).status_code == 404
+    assert await source_fetch(source_url, slots, slot_name(DATASET))
+    assert (await gateway.put(path, json={"every": "1d"})).is_success
+    assert (await gateway.delete(path, params={"dropCapture": "true"})).status_code == 204
+    assert not await source_fetch(source_url, slots, slot_name(DATASET))
+    assert (await gateway.get(path)).status_code == 404
+
+
+async def test_reset_is_refused_while_a_run_goes_on(
+    gateway: httpx.AsyncClient,
+    cli: list[str],
+    cli_env: dict[str, str],
+    client: Client,
+    sync_settings: Settings,
+    source_url: str,
+) -> None:
+    await start_stuck_run(client)
+    refused = await gateway.delete(f"/api/sync/{DATASET}/capture")
+    assert refused.status_code == 409
+    assert refused.json()["detail"]["workflowId"] == sync_workflow_id(DATASET)
+    ran = await run_cli(
+        [*cli, "sync", "reset", DATASET], sync_env(cli_env, sync_settings, source_url)
+    )
+    assert ran.returncode == 1
+    assert "is running" in ran.stderr
+
+
+async def test_cli_reset_and_unschedule_drop_capture_drop_the_slot(
+    cli: list[str],
+    cli_env: dict[str, str],
+    client: Client,
+    sync_settings: Settings,
+    source_url: str,
+    source: Source,
+    sync_worker: Services,
+) -> None:
+    env = sync_env(cli_env, sync_settings, source_url)
+    slots = "SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1"
+    await source.insert(10)
+    try:
+        for drop in (["reset", DATASET], ["unschedule", DATASET, "--drop-capture"]):
+            ran = await run_cli([*cli, "sync", "run", DATASET], env)
+            assert ran.returncode == 0, ran.stderr
+            assert await source_fetch(source_url, slots, slot_name(DATASET))
+            await SyncSchedules(client, sync_settings).upsert(DATASET, parse_interval("1d"))
+            dropped = await run_cli([*cli, "sync", *drop], env)
+            assert dropped.returncode == 0, dropped.stderr
+            assert f"change log of {DATASET} dropped" in dropped.stdout
+            assert not await source_fetch(source_url, slots, slot_name(DATASET))
+    finally:
+        await stop_leftovers(client, sync_settings)
+
+
+async def test_a_server_without_logical_decoding_is_refused_before_a_run_starts(
+    client: Client, make_settings: Callable[..., Settings], cli: list[str], cli_env: dict[str, str]
+) -> None:
+    """The machine's server runs at wal_level=replica."""
+    async with fresh_database() as url:
+        await Source(url).create_table()
+        settings = make_settings(
+            enable_postgres=True, postgres_url=url, enable_sqlite=True,
+            sync_datasets=[ITEMS_DATASET],
+        )  # fmt: skip
+        async with gateway_on(client, settings) as http:
+            refused = await http.post(f"/api/sync/{DATASET}")
+        ran = await run_cli([*cli, "sync", "run", DATASET], sync_env(cli_env, settings, url))
+    assert refused.status_code == 409
+    message = refused.json()["detail"]["message"]
+    assert "wal_level=logical" in message
+    assert '"capture": "poll"' in message
+    assert "misses hard deletes" in message
+    assert ran.returncode == 2
+    assert "wal_level=logical" in ran.stderr
+    # Nothing started.
+    assert await no_run(client)
+
+
+async def no_run(client: Client) -> bool:
+    """No run of the dataset is going on (one started here would be: no worker polls)."""
+    try:
+        described = await client.get_workflow_handle(sync_workflow_id(DATASET)).describe()
+    except RPCError as error:
+        return error.status == RPCStatusCode.NOT_FOUND
+    return described.status is not WorkflowExecutionStatus.RUNNING
+
+
+async def test_a_table_without_a_primary_key_is_refused_before_a_run_starts(
+    client: Client,
+    sync_settings: Settings,
+    source: Source,
+    source_url: str,
+    cli: list[str],
+    cli_env: dict[str, str],
+) -> None:
+    await source.execute("ALTER TABLE items DROP CONSTRAINT items_pkey")
+    async with gateway_on(client, sync_settings) as http:
+        refused = await http.post(f"/api/sync/{DATASET}")
+    assert refused.status_code == 409
+    assert "no primary key or replica identity" in refused.json()["detail"]["message"]
+    ran = await run_cli(
+        [*cli, "sync", "run", DATASET], sync_env(cli_env, sync_settings, source_url)
+    )
+    assert ran.returncode == 2
+    assert "no primary key or replica identity" in ran.stderr
+    assert await no_run(client)
+    providers = enabled_providers(sync_settings)
+    try:
+        assert await providers["postgres"].get_records(WATERMARKS_DATASET, [DATASET]) == []
+    finally:
+        for provider in providers.values():
+            await provider.close()
+
+
+async def test_a_slot_the_server_invalidated_shows_as_lost_until_reset(
+    client: Client, make_settings: Callable[..., Settings]
+) -> None:
+    """A cluster that keeps at most 1 MB of WAL for a slot: the slot of a dataset that is not
+    synced while WAL grows is invalidated, the status says so, and a reset makes the next run
+    copy the table anew."""
+    async with (
+        private_cluster("-c wal_level=logical", "-c max_slot_wal_keep_size=1MB") as (admin, _),
+        fresh_database(admin) as url,
+    ):
+        source = Source(url)
+        await source.create_table()
+        await source.execute("CREATE TABLE filler (n int)")
+        settings = make_settings(
+            enable_postgres=True, postgres_url=url, enable_sqlite=True,
+            sync_datasets=[ITEMS_DATASET],
+        )  # fmt: skip
+        services = Services.from_settings(settings, client)
+        try:
+            async with build_worker(client, services), gateway_on(client, settings) as http:
+                await source.insert(10)
+                await sync_through(http, client)
+                await source.insert(5, prefix="unsynced")
+
+                async def slot_lost() -> bool | None:
+                    # New segments, and a checkpoint that removes the old ones.
+                    await source.execute("INSERT INTO filler VALUES (1)")
+                    await source.execute("SELECT pg_switch_wal()")
+                    await source.execute("CHECKPOINT")
+                    rows = await source_fetch(
+                        url, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                        slot_name(DATASET),
+                    )  # fmt: skip
+                    return rows == [("lost",)] or None
+
+                await eventually(slot_lost)
+                capture = await capture_of(http)
+                assert capture["lost"] is True
+                assert f"nexpo-workflows sync reset {DATASET}" in capture["warning"]
+                assert (await http.delete(f"/api/sync/{DATASET}/capture")).status_code == 200
+                result = await sync_through(http, client)
+            assert result.progress.rows_synced == 15
+            await assert_targets_equal_source(settings, source)
+        finally:
+            await services.close()
+            await stop_leftovers(client, settings)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import uuid
@@ -20,19 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from pymongo import AsyncMongoClient
 from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError
 
 from nexpo_workflows.config import Settings
+from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import enabled_providers
 from nexpo_workflows.providers.sqlserver import SQLServerProvider
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.capture import change_log
 from nexpo_workflows.sync.capture.postgres import slot_name
-from nexpo_workflows.sync.datasets import QUARANTINE_PREFIX, USERS_DATASET
+from nexpo_workflows.sync.datasets import QUARANTINE_PREFIX, USERS_DATASET, WATERMARKS_DATASET
 from nexpo_workflows.sync.models import SyncInput, SyncResult, SyncSource
+from nexpo_workflows.sync.runs import reset_capture
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.users.models import OffboardingInput
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow
@@ -50,7 +54,7 @@ from tests.sync_source import (
     sync_worker_env,
 )
 from tests.test_onboarding import onboarding, run_saga
-from tests.test_worker_processes import worker_process
+from tests.test_worker_processes import wait_for_pollers, worker_process
 
 
 async def slot(url: str) -> tuple[int, int]:
@@ -392,6 +396,21 @@ async def test_a_sqlite_source_is_captured_by_its_change_table(
         with sqlite3.connect(tmp_path / "source.db") as db:
             (pending,) = db.execute("SELECT count(*) FROM nexpo_changes").fetchone()
         assert pending == 0  # confirmed changes leave the change table
+
+        # A reset removes the triggers and the copy state; the next run copies the table anew.
+        assert (await reset_capture(client, services, "notes")).dropped
+        with sqlite3.connect(tmp_path / "source.db") as db:
+            triggers = db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'nexpo_sync_%'"
+            ).fetchall()
+        assert triggers == []
+        assert await services.providers["sqlite"].get_records(WATERMARKS_DATASET, ["notes"]) == []
+        async with build_worker(client, services):
+            third = await client.execute_workflow(
+                DataSyncWorkflow.run, SyncInput(dataset="notes"), id=sync_workflow_id("notes"),
+                task_queue=settings.temporal_task_queue,
+            )  # fmt: skip
+        assert third.progress.rows_synced == 24
     finally:
         await services.close()
 
@@ -523,3 +542,48 @@ async def test_sql_server_change_tracking_reads_confirms_and_deletes() -> None:
         async with engine.begin() as connection:
             await connection.execute(text(f"DROP TABLE {table}"))
         await provider.close()
+
+
+async def test_the_lag_gauge_follows_the_slot_on_the_workers_metrics_endpoint(
+    cli: list[str],
+    cli_env: dict[str, str],
+    client: Client,
+    sync_settings: Settings,
+    source: Source,
+) -> None:
+    """While a run works through changes committed a second ago, sync_lag_seconds shows their
+    age; once the run has caught up, 0."""
+    metrics_address = f"127.0.0.1:{free_port()}"
+    gauge = re.compile(r'^sync_lag_seconds\{[^}]*dataset="items"[^}]*\} (\S+)$', re.MULTILINE)
+
+    async def lag_seconds(http: httpx.AsyncClient) -> float | None:
+        found = gauge.search((await http.get(f"http://{metrics_address}/metrics")).text)
+        return float(found.group(1)) if found else None
+
+    env = sync_worker_env(cli_env, sync_settings, batch_size=10)
+    async with (
+        worker_process(
+            cli, env, METRICS_BIND_ADDRESS=metrics_address, TEMPORAL_WORKER_IDENTITY="lagging"
+        ),
+        httpx.AsyncClient() as http,
+    ):
+        await wait_for_pollers(client, sync_settings.temporal_task_queue, {"lagging"})
+        await run_sync(client, sync_settings)  # creates the slot: what follows is streamed
+        assert await lag_seconds(http) == 0.0
+        await source.insert(200)
+        await asyncio.sleep(1.0)
+        handle = await client.start_workflow(
+            DataSyncWorkflow.run,
+            SyncInput(dataset=DATASET),
+            id=sync_workflow_id(DATASET),
+            task_queue=sync_settings.temporal_task_queue,
+        )
+        seen: list[float] = []
+        outcome = asyncio.ensure_future(handle.result())
+        while not outcome.done():
+            if (value := await lag_seconds(http)) is not None:
+                seen.append(value)
+            await asyncio.sleep(0.05)
+        assert (await outcome).progress.rows_synced == 200
+        assert max(seen) >= 1.0, seen
+        assert await lag_seconds(http) == 0.0

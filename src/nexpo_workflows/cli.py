@@ -40,15 +40,21 @@ from nexpo_workflows.devserver import DevServerError
 from nexpo_workflows.edge_errors import EDGE_ERRORS, classify
 from nexpo_workflows.health.models import DependencyState, HealthReport
 from nexpo_workflows.ports import PortInUseError
-from nexpo_workflows.providers import enabled_provider_names
+from nexpo_workflows.providers import (
+    enabled_provider_names,
+    enabled_providers,
+)
 from nexpo_workflows.services import Services
+from nexpo_workflows.sync.capture import CaptureRefusedError
 from nexpo_workflows.sync.datasets import DatasetConfigError, dataset_configs, plan_dataset
 from nexpo_workflows.sync.models import SyncInput, SyncProgress, SyncResult
 from nexpo_workflows.sync.runs import (
+    CaptureReset,
     SyncAlreadyRunningError,
     SyncFailedError,
     SyncRunView,
     current_progress,
+    reset_capture,
     start_sync,
     sync_outcome,
     sync_status,
@@ -760,12 +766,14 @@ _SYNC_POLL_SECONDS = 0.5
 def _sync_call(
     dataset: str,
     command: str,
-    call: Callable[[Client, Settings], Awaitable[T]],
+    call: Callable[[Client, Services], Awaitable[T]],
     *,
     configured: bool = True,
 ) -> T:
-    """Run ``call`` connected to Temporal; an unknown dataset exits 2 (``configured=False``:
-    not checked, so a schedule can be removed after its dataset left the configuration)."""
+    """Run ``call`` connected to Temporal, with the enabled providers (the source's change
+    log); an unknown dataset, or a refusal of its configuration or of its source's capture,
+    exits 2 (``configured=False``: not checked first, so a schedule can be removed after its
+    dataset left the configuration)."""
     settings = _settings()
     _require_temporal(settings, f"sync {command}")
     if configured:
@@ -775,10 +783,17 @@ def _sync_call(
             _fail(str(error), 2)
 
     async def connected() -> T:
-        return await call(await connect(settings, runtime=create_runtime("")), settings)
+        client = await connect(settings, runtime=create_runtime(""))
+        services = Services(settings=settings, client=client, providers=enabled_providers(settings))
+        try:
+            return await call(client, services)
+        finally:
+            await services.close()
 
     try:
         return _run(connected())
+    except (DatasetConfigError, CaptureRefusedError) as error:
+        _fail(str(error), 2)
     except (SyncAlreadyRunningError, ScheduleNotFoundError) as error:
         _fail(str(error), 1)
 
@@ -873,9 +888,9 @@ def sync_run(
 ) -> None:
     """Sync a dataset now; exit 1 when rows still differ after repair (they are named)."""
 
-    async def run(client: Client, settings: Settings) -> SyncResult | str:
+    async def run(client: Client, services: Services) -> SyncResult | str:
         options = SyncInput(dataset=dataset, full=full, audit=audit)
-        handle = await start_sync(client, settings, options)
+        handle = await start_sync(client, services, options)
         return await _follow(client, handle, dataset) if wait else handle.id
 
     try:
@@ -892,15 +907,18 @@ def sync_run(
 
 @sync_app.command("status")
 def sync_status_command(dataset: str) -> None:
-    """The progress of the dataset's current run, or the outcome of its last one (JSON)."""
+    """The progress of the dataset's current run, or the outcome of its last one, and the lag
+    of its change log (JSON); a warning on stderr when the log is lost or holds too much."""
 
-    async def status(client: Client, settings: Settings) -> SyncRunView | None:
-        return await sync_status(client, settings, dataset)
+    async def status(client: Client, services: Services) -> SyncRunView | None:
+        return await sync_status(client, services, dataset)
 
     view = _sync_call(dataset, "status", status)
     if view is None:
         _fail(f"no sync of {dataset} has run", 1)
     out.print_json(view.model_dump_json())
+    if view.capture is not None and view.capture.warning:
+        err.print(f"warning: {view.capture.warning}", markup=False, highlight=False)
 
 
 @sync_app.command("schedule")
@@ -914,8 +932,8 @@ def sync_schedule(
     except IntervalError as error:
         _fail(str(error), 2)
 
-    async def upsert(client: Client, settings: Settings) -> SyncScheduleView:
-        return await SyncSchedules(client, settings).upsert(dataset, interval)
+    async def upsert(client: Client, services: Services) -> SyncScheduleView:
+        return await SyncSchedules(client, services.settings).upsert(dataset, interval)
 
     _print_schedule(_sync_call(dataset, "schedule", upsert))
 
@@ -924,8 +942,8 @@ def sync_schedule(
 def sync_pause(dataset: str) -> None:
     """Stop the schedule from starting runs (a run going on finishes)."""
 
-    async def pause(client: Client, settings: Settings) -> SyncScheduleView:
-        return await SyncSchedules(client, settings).pause(dataset, "paused from the CLI")
+    async def pause(client: Client, services: Services) -> SyncScheduleView:
+        return await SyncSchedules(client, services.settings).pause(dataset, "paused from the CLI")
 
     _print_schedule(_sync_call(dataset, "pause", pause))
 
@@ -934,21 +952,58 @@ def sync_pause(dataset: str) -> None:
 def sync_resume(dataset: str) -> None:
     """Let a paused schedule start runs again."""
 
-    async def resume(client: Client, settings: Settings) -> SyncScheduleView:
-        return await SyncSchedules(client, settings).resume(dataset, "resumed from the CLI")
+    async def resume(client: Client, services: Services) -> SyncScheduleView:
+        schedules = SyncSchedules(client, services.settings)
+        return await schedules.resume(dataset, "resumed from the CLI")
 
     _print_schedule(_sync_call(dataset, "resume", resume))
 
 
 @sync_app.command("unschedule")
-def sync_unschedule(dataset: str) -> None:
-    """Delete the dataset's schedule (a run going on finishes)."""
+def sync_unschedule(
+    dataset: str,
+    drop_capture: bool = typer.Option(
+        False, help="Also drop the dataset's change log and copy state, as `sync reset` does."
+    ),
+) -> None:
+    """Delete the dataset's schedule (a run going on finishes). Its change log stays, and a
+    PostgreSQL source keeps WAL for it, unless --drop-capture."""
 
-    async def delete(client: Client, settings: Settings) -> None:
-        await SyncSchedules(client, settings).delete(dataset)
+    async def delete(client: Client, services: Services) -> CaptureReset | None:
+        schedules = SyncSchedules(client, services.settings)
+        reset = None
+        if drop_capture:
+            # Refused (no schedule, a run going on) before anything changes.
+            await schedules.describe(dataset)
+            reset = await reset_capture(client, services, dataset)
+        await schedules.delete(dataset)
+        return reset
 
-    _sync_call(dataset, "unschedule", delete, configured=False)
+    reset = _sync_call(dataset, "unschedule", delete, configured=drop_capture)
     out.print(f"schedule of {dataset} deleted", soft_wrap=True, highlight=False)
+    if reset is not None:
+        _print_reset(reset)
+
+
+def _print_reset(reset: CaptureReset) -> None:
+    dropped = "dropped" if reset.dropped else "was not there"
+    out.print(
+        f"change log of {reset.dataset} {dropped}; its next run copies the table anew",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+@sync_app.command("reset")
+def sync_reset(dataset: str) -> None:
+    """Drop the dataset's change log (a PostgreSQL replication slot and publication, SQLite
+    triggers) and copy state: the source keeps no WAL for it, and its next run copies the
+    table anew. Exit 1 while a run of it goes on."""
+
+    async def reset(client: Client, services: Services) -> CaptureReset:
+        return await reset_capture(client, services, dataset)
+
+    _print_reset(_sync_call(dataset, "reset", reset))
 
 
 @sync_app.command("datasets")

@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     sync_repair_attempts: int = Field(default=2, ge=0)
     # How long one step may keep retrying (a target down) before the run fails.
     sync_step_deadline_seconds: float = Field(default=900.0, gt=0)
+    # WAL bytes a dataset's replication slot may keep on its PostgreSQL source before the sync
+    # status warns (and logs): a sync paused or gone keeps WAL until its slot is dropped.
+    sync_slot_lag_warn_bytes: int = Field(default=1 << 30, gt=0)
 
     # --- Health check -------------------------------------------------------------------
     health_check_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -1,13 +1,16 @@
-"""Start a dataset's sync and read how its current or last run is doing (gateway and CLI)."""
+"""Start a dataset's sync, read how its current or last run and its change log are doing, and
+reset its capture (gateway and CLI)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -17,11 +20,23 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from nexpo_workflows.config import Settings
 from nexpo_workflows.errors import first_line
-from nexpo_workflows.providers import enabled_provider_names
-from nexpo_workflows.sync.datasets import find_dataset, plan_dataset
-from nexpo_workflows.sync.models import SyncInput, SyncProgress, SyncResult
+from nexpo_workflows.providers import ProviderUnavailableError
+from nexpo_workflows.services import Services
+from nexpo_workflows.sync.capture import (
+    CaptureLag,
+    CaptureLostError,
+    CaptureRefusedError,
+    ChangeLog,
+    change_log,
+)
+from nexpo_workflows.sync.datasets import (
+    WATERMARKS_DATASET,
+    DatasetConfigError,
+    find_dataset,
+    plan_dataset,
+)
+from nexpo_workflows.sync.models import CaptureMode, SyncInput, SyncPlan, SyncProgress, SyncResult
 from nexpo_workflows.sync.workflow import (
     SYNC_VERIFICATION_FAILED,
     DataSyncWorkflow,
@@ -31,6 +46,7 @@ from nexpo_workflows.sync.workflow import (
 # A query waits for a worker to answer: bounded, so a status read never hangs on a run whose
 # workers are all down.
 QUERY_TIMEOUT = timedelta(seconds=5)
+logger = logging.getLogger(__name__)
 
 
 class SyncAlreadyRunningError(Exception):
@@ -47,6 +63,28 @@ class SyncFailedError(Exception):
         self.report = report
 
 
+class CaptureView(BaseModel):
+    """A log-captured dataset's change log on its source, as the status shows it."""
+
+    # False: no run has created it yet, or `sync reset` dropped it.
+    created: bool
+    # What the log holds that the sync has not confirmed (None: not created, or unknown).
+    lag: CaptureLag | None = None
+    # The log no longer holds changes the sync has not confirmed (a slot invalidated by
+    # max_slot_wal_keep_size): the dataset must be reset and copied anew.
+    lost: bool = False
+    # A log that is lost, or holds more than SYNC_SLOT_LAG_WARN_BYTES.
+    warning: str | None = None
+    # Why the log could not be read (the source down, a refusal); its state is unknown.
+    error: str | None = None
+
+
+class CaptureReset(BaseModel):
+    dataset: str
+    # Whether there was a change log to drop (the stored copy state is removed either way).
+    dropped: bool
+
+
 class SyncRunView(BaseModel):
     dataset: str
     workflow_id: str
@@ -59,15 +97,37 @@ class SyncRunView(BaseModel):
     progress: SyncProgress | None = None
     result: SyncResult | None = None
     failure: str | None = None
+    # Log capture only (None: the dataset is polled).
+    capture: CaptureView | None = None
+
+
+def _plan(services: Services, dataset: str) -> SyncPlan:
+    return plan_dataset(services.settings, list(services.providers), dataset)
+
+
+def _change_log(services: Services, plan: SyncPlan) -> ChangeLog | None:
+    """The dataset's change log (None: the dataset is polled). Raises CaptureRefusedError for
+    a source with no change log here."""
+    if plan.capture is not CaptureMode.LOG:
+        return None
+    source = services.providers[plan.source].sql_source()
+    if source is None:
+        raise DatasetConfigError(f"source {plan.source!r} is not a SQL provider")
+    return change_log(source, find_dataset(services.settings, plan.dataset).source, plan.dataset)
 
 
 async def start_sync(
-    client: Client, settings: Settings, input: SyncInput
+    client: Client, services: Services, input: SyncInput
 ) -> WorkflowHandle[DataSyncWorkflow, SyncResult]:
     """Raises UnknownDatasetError for an unknown dataset, DatasetConfigError for one that
-    cannot run with the providers these settings enable, SyncAlreadyRunningError while a run
-    of the dataset is going on."""
-    plan_dataset(settings, enabled_provider_names(settings), input.dataset)
+    cannot run with the providers these services hold, CaptureRefusedError for a source its
+    change log cannot capture (a server setting, a table without a key: what the run's first
+    step would refuse), ProviderUnavailableError when the source cannot be asked,
+    SyncAlreadyRunningError while a run of the dataset is going on."""
+    settings = services.settings
+    log = _change_log(services, _plan(services, input.dataset))
+    if log is not None:
+        await log.check()
     try:
         return await client.start_workflow(
             DataSyncWorkflow.run,
@@ -103,16 +163,51 @@ async def sync_outcome(handle: WorkflowHandle[Any, SyncResult]) -> SyncResult:
         raise SyncFailedError(first_line(cause or error), report) from error
 
 
-async def sync_status(client: Client, settings: Settings, dataset: str) -> SyncRunView | None:
-    """The current or last run of the dataset; None when it never ran."""
-    find_dataset(settings, dataset)
-    handle = client.get_workflow_handle(sync_workflow_id(dataset), result_type=SyncResult)
+async def capture_status(services: Services, dataset: str) -> CaptureView | None:
+    """The dataset's change log: created or not, its lag, a warning when it is lost or holds
+    more WAL than SYNC_SLOT_LAG_WARN_BYTES (also logged). None for a polled dataset, or one
+    whose source these services do not hold."""
     try:
-        description = await handle.describe()
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            return None
-        raise
+        log = _change_log(services, _plan(services, dataset))
+    except DatasetConfigError:
+        return None  # the run's own view says why it cannot run here
+    except CaptureRefusedError as error:
+        return CaptureView(created=False, error=str(error))
+    if log is None:
+        return None
+    try:
+        if not await log.exists():
+            return CaptureView(created=False)
+        lag = await log.lag()
+    except CaptureLostError as error:
+        return CaptureView(created=True, lost=True, warning=str(error))
+    except (CaptureRefusedError, ProviderUnavailableError) as error:
+        return CaptureView(created=False, error=str(error))
+    view = CaptureView(created=True, lag=lag, lost=lag.state == "lost")
+    limit = services.settings.sync_slot_lag_warn_bytes
+    if view.lost:
+        view.warning = (
+            f"the change log of {dataset} lost changes the sync had not confirmed (the server "
+            f"removed WAL past max_slot_wal_keep_size): run `nexpo-workflows sync reset "
+            f"{dataset}`, then sync it again to copy the table anew"
+        )
+    elif lag.unit == "bytes" and lag.pending > limit:
+        view.warning = (
+            f"the change log of {dataset} holds {lag.pending} bytes of WAL on its source, more "
+            f"than SYNC_SLOT_LAG_WARN_BYTES ({limit}): sync it, or run `nexpo-workflows sync "
+            f"reset {dataset}` if it is no longer synced, or the source's disk fills"
+        )
+    if view.warning:
+        logger.warning("%s", view.warning)
+    return view
+
+
+async def sync_status(client: Client, services: Services, dataset: str) -> SyncRunView | None:
+    """The current or last run of the dataset and its change log; None when it never ran."""
+    find_dataset(services.settings, dataset)
+    description = await _describe(client, dataset)
+    if description is None:
+        return None
     state = description.status or WorkflowExecutionStatus.RUNNING
     view = SyncRunView(
         dataset=dataset,
@@ -122,6 +217,7 @@ async def sync_status(client: Client, settings: Settings, dataset: str) -> SyncR
         start_time=description.start_time,
         close_time=description.close_time,
     )
+    view.capture = await capture_status(services, dataset)
     if state is WorkflowExecutionStatus.RUNNING:
         view.progress = await current_progress(client, dataset)
         return view
@@ -134,3 +230,38 @@ async def sync_status(client: Client, settings: Settings, dataset: str) -> SyncR
         view.result, view.failure = failed.report, str(failed)
     view.progress = view.result.progress if view.result else None
     return view
+
+
+async def _describe(client: Client, dataset: str) -> WorkflowExecutionDescription | None:
+    """The dataset's current or last run; None when it never ran."""
+    handle = client.get_workflow_handle(sync_workflow_id(dataset), result_type=SyncResult)
+    try:
+        return await handle.describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+async def reset_capture(client: Client, services: Services, dataset: str) -> CaptureReset:
+    """Drop the dataset's change log (PostgreSQL: its replication slot and publication, so the
+    source no longer keeps WAL for it; SQLite: its triggers and change rows) and its stored
+    copy state, so the next run copies the table anew. Raises SyncAlreadyRunningError while a
+    run of the dataset is going on (it reads the log), DatasetConfigError for a polled
+    dataset."""
+    plan = _plan(services, dataset)
+    log = _change_log(services, plan)
+    if log is None:
+        raise DatasetConfigError(
+            f"{dataset} is polled (capture: poll) and has no change log; `sync run --full` "
+            "syncs every row again"
+        )
+    description = await _describe(client, dataset)
+    if description is not None and description.status is WorkflowExecutionStatus.RUNNING:
+        raise SyncAlreadyRunningError(dataset)
+    dropped = await log.drop()
+    # The copy state names a position in the dropped log: without it, the next run starts a
+    # new log and copies the table.
+    await services.providers[plan.source].delete_records(WATERMARKS_DATASET, [dataset])
+    logger.info("sync %s: change log %s", dataset, "dropped" if dropped else "was not there")
+    return CaptureReset(dataset=dataset, dropped=dropped)

@@ -1,4 +1,4 @@
-"""/api/sync: start a dataset's sync, follow it, and schedule it."""
+"""/api/sync: start a dataset's sync, follow it, schedule it, and reset its capture."""
 
 from __future__ import annotations
 
@@ -6,14 +6,23 @@ from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
 
 from nexpo_workflows.api.deps import ClientDep, StateDep
 from nexpo_workflows.api.routes.cloud import accepted
+from nexpo_workflows.providers import ProviderUnavailableError
+from nexpo_workflows.sync.capture import CaptureRefusedError
 from nexpo_workflows.sync.datasets import DatasetConfigError, UnknownDatasetError
 from nexpo_workflows.sync.models import DATASET_NAME_PATTERN, SyncInput
-from nexpo_workflows.sync.runs import SyncAlreadyRunningError, SyncRunView, start_sync, sync_status
+from nexpo_workflows.sync.runs import (
+    CaptureReset,
+    SyncAlreadyRunningError,
+    SyncRunView,
+    reset_capture,
+    start_sync,
+    sync_status,
+)
 from nexpo_workflows.sync.schedules import (
     ScheduleNotFoundError,
     SyncSchedules,
@@ -59,13 +68,16 @@ class ScheduleRequest(BaseModel):
 
 async def _answer(call: Awaitable[T]) -> T:
     """The outcome of a sync operation, its refusals as 404 and 409 (a dataset this
-    configuration cannot run, or a run going on)."""
+    configuration cannot run, a source its change log cannot capture, or a run going on), and
+    503 when the source cannot be asked."""
     try:
         return await call
     except (UnknownDatasetError, ScheduleNotFoundError) as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-    except DatasetConfigError as error:
+    except (DatasetConfigError, CaptureRefusedError) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, {"message": str(error)}) from None
+    except ProviderUnavailableError as error:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
     except SyncAlreadyRunningError as error:
         raise HTTPException(
             status.HTTP_409_CONFLICT, {"message": str(error), "workflowId": error.workflow_id}
@@ -78,7 +90,11 @@ async def _answer(call: Awaitable[T]) -> T:
     response_model=WorkflowAccepted,
     responses={
         **_NO_DATASET,
-        409: {"description": "A sync of this dataset is running, or it cannot run here"},
+        409: {
+            "description": "A sync of this dataset is running, or it cannot run here (the "
+            "source's server or table cannot be captured: the message says what to change)"
+        },
+        503: {"description": "The source cannot be reached"},
     },
 )
 async def start_dataset_sync(
@@ -94,7 +110,7 @@ async def start_dataset_sync(
     handle = await _answer(
         start_sync(
             client,
-            state.services.settings,
+            state.services,
             SyncInput(dataset=dataset, full=options.full, audit=options.audit),
         )
     )
@@ -107,8 +123,9 @@ async def start_dataset_sync(
     responses={404: {"description": "No such dataset, or it never ran"}},
 )
 async def get_dataset_sync(dataset: DatasetPath, client: ClientDep, state: StateDep) -> Any:
-    """The current run's progress, or the last run's result or failure."""
-    view = await _answer(sync_status(client, state.services.settings, dataset))
+    """The current run's progress, or the last run's result or failure; for a dataset read
+    from its source's log, the log's lag (`capture`)."""
+    view = await _answer(sync_status(client, state.services, dataset))
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sync of {dataset} has run")
     return view
@@ -150,11 +167,43 @@ async def resume_dataset_schedule(dataset: DatasetPath, client: ClientDep, state
 
 
 @router.delete(
-    "/{dataset}/schedule", status_code=status.HTTP_204_NO_CONTENT, responses=_NO_SCHEDULE
+    "/{dataset}/schedule",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **_NO_SCHEDULE,
+        409: {"description": "dropCapture: a sync of this dataset is running, or it is polled"},
+        503: {"description": "dropCapture: the source cannot be reached"},
+    },
 )
 async def delete_dataset_schedule(
-    dataset: DatasetPath, client: ClientDep, state: StateDep
+    dataset: DatasetPath,
+    client: ClientDep,
+    state: StateDep,
+    drop_capture: Annotated[bool, Query(alias="dropCapture")] = False,
 ) -> Response:
-    """Remove the schedule (a run it started goes on to its end)."""
-    await _answer(SyncSchedules(client, state.services.settings).delete(dataset))
+    """Remove the schedule (a run it started goes on to its end); `dropCapture=true` also
+    resets the dataset's capture, as `DELETE /api/sync/{dataset}/capture` does, so its source
+    no longer keeps WAL for it."""
+    schedules = SyncSchedules(client, state.services.settings)
+    if drop_capture:
+        # Refused (no schedule, a run going on) before anything changes.
+        await _answer(schedules.describe(dataset))
+        await _answer(reset_capture(client, state.services, dataset))
+    await _answer(schedules.delete(dataset))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete(
+    "/{dataset}/capture",
+    response_model=CaptureReset,
+    responses={
+        **_NO_DATASET,
+        409: {"description": "A sync of this dataset is running, or the dataset is polled"},
+        503: {"description": "The source cannot be reached"},
+    },
+)
+async def reset_dataset_capture(dataset: DatasetPath, client: ClientDep, state: StateDep) -> Any:
+    """Drop the dataset's change log (a PostgreSQL replication slot and publication, SQLite
+    triggers) and its stored copy state: the source keeps no WAL for it, and the next run
+    copies the table anew."""
+    return await _answer(reset_capture(client, state.services, dataset))

@@ -71,9 +71,16 @@ class ChangeLog(ABC):
         self._dataset = dataset
 
     @abstractmethod
+    async def check(self) -> None:
+        """Raise CaptureRefusedError, saying what to change, when the source cannot be
+        captured as configured (a server setting, the table, its key). ``ensure`` runs the
+        same checks; this lets a run be refused before it starts."""
+
+    @abstractmethod
     async def ensure(self) -> int | None:
-        """Create the log if it is missing (idempotent). The position the new log starts
-        from, if it was created by this call; None if it was already there."""
+        """Check the source (``check``) and create the log if it is missing (idempotent).
+        The position the new log starts from, if it was created by this call; None if it was
+        already there."""
 
     @abstractmethod
     async def exists(self) -> bool:

@@ -112,6 +112,9 @@ class PostgresChangeLog(ChangeLog):
                 "row went: add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL"
             )
 
+    async def check(self) -> None:
+        await self._run(self._check_source)
+
     def _quoted_table(self, connection: AsyncConnection) -> str:
         return connection.dialect.identifier_preparer.quote(self._source.table)
 

@@ -63,19 +63,24 @@ class SQLiteChangeLog(ChangeLog):
     async def exists(self) -> bool:
         return await self._run(self._installed)
 
+    async def _check_source(self, connection: AsyncConnection) -> None:
+        # Triggers see every row change by key: the table is all they need.
+        table = (
+            await connection.execute(
+                text("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = :t"),
+                {"t": self._source.table},
+            )
+        ).scalar_one()
+        if not table:
+            raise CaptureRefusedError(f"{self._provider.name} has no table {self._source.table!r}")
+
+    async def check(self) -> None:
+        await self._run(self._check_source)
+
     async def ensure(self) -> int | None:
         async def install(connection: AsyncConnection) -> int | None:
             quote = connection.dialect.identifier_preparer.quote
-            table = (
-                await connection.execute(
-                    text("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = :t"),
-                    {"t": self._source.table},
-                )
-            ).scalar_one()
-            if not table:
-                raise CaptureRefusedError(
-                    f"{self._provider.name} has no table {self._source.table!r}"
-                )
+            await self._check_source(connection)
             for statement in _SCHEMA:
                 await connection.execute(text(statement))
             if await self._installed(connection):

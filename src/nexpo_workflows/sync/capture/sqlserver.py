@@ -103,21 +103,36 @@ class SQLServerChangeLog(ChangeLog):
 
         return await self._run(find)
 
+    async def _check_source(self, connection: AsyncConnection) -> None:
+        on = await connection.execute(
+            text("SELECT count(*) FROM sys.change_tracking_databases WHERE database_id = DB_ID()")
+        )
+        if not on.scalar_one():
+            raise CaptureRefusedError(
+                f"{self._provider.name}: change tracking is off for the database; turn it "
+                "on (ALTER DATABASE CURRENT SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 7 "
+                "DAYS, AUTO_CLEANUP = ON)) and allow snapshot isolation (ALTER DATABASE "
+                'CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON), or set the dataset\'s "capture": '
+                '"poll", which misses hard deletes and rows committed late'
+            )
+        keyed = await connection.execute(
+            text(
+                "SELECT count(*) FROM sys.indexes WHERE object_id = OBJECT_ID(:table)"
+                " AND is_primary_key = 1"
+            ),
+            {"table": self._source.table},
+        )
+        if not keyed.scalar_one():
+            raise CaptureRefusedError(
+                f"table {self._source.table!r} has no primary key, which change tracking needs"
+            )
+
+    async def check(self) -> None:
+        await self._run(self._check_source)
+
     async def ensure(self) -> int | None:
         async def install(connection: AsyncConnection) -> int | None:
-            on = await connection.execute(
-                text(
-                    "SELECT count(*) FROM sys.change_tracking_databases WHERE database_id = DB_ID()"
-                )
-            )
-            if not on.scalar_one():
-                raise CaptureRefusedError(
-                    f"{self._provider.name}: change tracking is off for the database; turn it "
-                    "on (ALTER DATABASE CURRENT SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 7 "
-                    "DAYS, AUTO_CLEANUP = ON)) and allow snapshot isolation (ALTER DATABASE "
-                    'CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON), or set the dataset\'s "capture": '
-                    '"poll", which misses hard deletes and rows committed late'
-                )
+            await self._check_source(connection)
             await connection.execute(text(_POSITIONS))
             positioned = await connection.execute(
                 text("SELECT count(*) FROM nexpo_change_positions WHERE dataset = :dataset"),
@@ -126,15 +141,9 @@ class SQLServerChangeLog(ChangeLog):
             if positioned.scalar_one() and await self._tracked(connection):
                 return None
             if not await self._tracked(connection):
-                try:
-                    await connection.execute(
-                        text(f"ALTER TABLE {self._table(connection)} ENABLE CHANGE_TRACKING")
-                    )
-                except exc.DBAPIError as error:
-                    raise CaptureRefusedError(
-                        f"table {self._source.table!r} cannot be change-tracked (it needs a "
-                        f"primary key): {first_line(error)}"
-                    ) from error
+                await connection.execute(
+                    text(f"ALTER TABLE {self._table(connection)} ENABLE CHANGE_TRACKING")
+                )
             start = int(
                 (
                     await connection.execute(text("SELECT CHANGE_TRACKING_CURRENT_VERSION()"))
