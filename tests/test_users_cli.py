@@ -80,6 +80,11 @@ async def test_invalid_cli_input_is_refused_before_anything_runs(
     assert refused.returncode == 2
     assert "invalid input: email" in refused.stderr
     assert PASSWORD not in refused.stderr + refused.stdout
+    # A NUL character, which PostgreSQL cannot store, in a profile's field name.
+    unstorable = [*create_args("alan@example.com"), "--profile", '{"key\\u0000": 1}']
+    refused = await run_cli([*cli, *unstorable], cli_env)
+    assert refused.returncode == 2
+    assert "invalid input: profile" in refused.stderr
 
 
 async def test_saga_through_a_worker_process_records_its_metrics(

@@ -69,6 +69,7 @@ from nexpo_workflows.users.service import (
     UserService,
     UserView,
 )
+from nexpo_workflows.users.steps import INVALID_INPUT
 
 app = typer.Typer(
     name="nexpo-workflows",
@@ -118,7 +119,8 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         _fail(str(error), 1)
     except SagaFailedError as error:
         _print_result(error.result)
-        _fail(str(error), 1)
+        # A database refused the input: the caller's mistake, like any invalid input.
+        _fail(str(error), 2 if error.result.failure_kind == INVALID_INPUT else 1)
 
 
 def _require_temporal(settings: Settings, command: str) -> None:

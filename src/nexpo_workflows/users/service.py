@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import to_json
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -38,6 +40,45 @@ _IDEMPOTENCY_MEMO = "idempotency_key_sha256"
 _KEY_NAMESPACE = uuid.UUID("4f3b1d7e-2a35-4c59-9a0e-6f1f7c1c9b2d")
 
 
+# What one of the supported databases refuses, checked at the edge so that such input is a
+# 422 naming its field and never reaches a database: PostgreSQL text and jsonb cannot hold a
+# NUL character (nor can a MongoDB field name), MongoDB stores integers of at most 8 bytes and
+# nests documents at most 100 deep, PostgreSQL's JSON has no NaN or Infinity, and a Cosmos DB
+# item is at most 2 MB. The lengths of the other fields are their columns' sizes.
+PROFILE_MAX_DEPTH = 32
+PROFILE_MAX_BYTES = 64 * 1024
+_INT64 = range(-(2**63), 2**63)
+
+
+def _storable_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _check_storable(value: Any, depth: int) -> None:
+    """Raise ValueError for the first part of a JSON value some database cannot store."""
+    if depth > PROFILE_MAX_DEPTH:
+        raise ValueError(f"must not nest deeper than {PROFILE_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        _storable_text(value)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if value not in _INT64:
+            raise ValueError("integers must fit in 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable_text(key)
+            _check_storable(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(item, depth + 1)
+
+
 class CreateUserRequest(BaseModel):
     email: EmailStr
     name: str = Field(min_length=1, max_length=200)
@@ -49,7 +90,17 @@ class CreateUserRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
-        return value.strip()
+        return _storable_text(value.strip())
+
+    @field_validator("profile")
+    @classmethod
+    def _storable_everywhere(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        _check_storable(value, 1)
+        if len(to_json(value)) > PROFILE_MAX_BYTES:
+            raise ValueError(f"must be at most {PROFILE_MAX_BYTES} bytes as JSON")
+        return value
 
 
 class UserView(BaseModel):

@@ -21,6 +21,7 @@ from nexpo_workflows.providers import (
     PROVIDERS,
     DatabaseProvider,
     DuplicateEmailError,
+    InvalidRecordError,
     ProviderUnavailableError,
     UserRecord,
 )
@@ -41,8 +42,10 @@ T = TypeVar("T")
 DUPLICATE_EMAIL = "DuplicateEmail"
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 UNKNOWN_PROVIDER = "UnknownProvider"
+# A database refused the record's content: the caller's input, answered 422 / exit 2.
+INVALID_INPUT = "InvalidInput"
 
-NON_RETRYABLE = (DUPLICATE_EMAIL, UNKNOWN_PROVIDER)
+NON_RETRYABLE = (DUPLICATE_EMAIL, UNKNOWN_PROVIDER, INVALID_INPUT)
 _MAX_DELAY_SECONDS = 5.0
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
@@ -97,6 +100,8 @@ class UserSteps:
             return await call(self._provider(name))
         except DuplicateEmailError as error:
             raise StepFailedError(DUPLICATE_EMAIL, str(error)) from error
+        except InvalidRecordError as error:
+            raise StepFailedError(INVALID_INPUT, str(error)) from error
         except ProviderUnavailableError as error:
             raise StepFailedError(PROVIDER_UNAVAILABLE, str(error)) from error
 

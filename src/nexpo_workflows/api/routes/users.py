@@ -17,7 +17,7 @@ from nexpo_workflows.users.service import (
     UserView,
     WorkflowAccepted,
 )
-from nexpo_workflows.users.steps import DUPLICATE_EMAIL
+from nexpo_workflows.users.steps import DUPLICATE_EMAIL, INVALID_INPUT
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 
@@ -34,6 +34,7 @@ IdempotencyKey = Annotated[
 
 _FAILURE_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"description": "This email is taken or already being onboarded"},
+    422: {"description": "Invalid input, or a database refused it; every write was undone"},
     503: {"description": "A database could not be written; every write was undone"},
 }
 
@@ -46,10 +47,16 @@ def _accepted(request: Request, workflow_id: str) -> JSONResponse:
     return JSONResponse(body.model_dump(by_alias=True), status_code=status.HTTP_202_ACCEPTED)
 
 
+# The saga's failures that are the caller's, by kind; any other is a database's (503).
+_CALLER_FAILURES = {
+    DUPLICATE_EMAIL: status.HTTP_409_CONFLICT,
+    INVALID_INPUT: status.HTTP_422_UNPROCESSABLE_CONTENT,
+}
+
+
 def _saga_failure(error: SagaFailedError) -> HTTPException:
-    duplicate = error.result.failure_kind == DUPLICATE_EMAIL
     return HTTPException(
-        status.HTTP_409_CONFLICT if duplicate else status.HTTP_503_SERVICE_UNAVAILABLE,
+        _CALLER_FAILURES.get(error.result.failure_kind or "", status.HTTP_503_SERVICE_UNAVAILABLE),
         {"message": str(error), "result": error.result.model_dump(mode="json")},
     )
 
