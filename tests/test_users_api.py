@@ -144,7 +144,7 @@ async def test_in_process_mode_creates_conflicts_and_deletes(
     assert await stored(saga_settings, user["id"]) == dict.fromkeys(PROVIDERS)
 
 
-async def test_in_process_idempotency_key_rewrites_the_same_record(
+async def test_in_process_idempotency_key_replays_the_same_user(
     in_process: httpx.AsyncClient,
 ) -> None:
     body = new_user()

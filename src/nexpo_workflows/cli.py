@@ -61,6 +61,10 @@ from nexpo_workflows.sync.schedules import (
     parse_interval,
 )
 from nexpo_workflows.telemetry import configure_logging, create_runtime
+from nexpo_workflows.users.idempotency import (
+    IdempotencyKeyConflictError,
+    IdempotencyKeyReusedError,
+)
 from nexpo_workflows.users.models import SagaResult
 from nexpo_workflows.users.service import (
     AlreadyOnboardingError,
@@ -115,8 +119,10 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         _fail(str(error), 1)
     except ConfigError as error:  # found at start-up, e.g. tracing on without its packages
         _fail(str(error), 2)
-    except AlreadyOnboardingError as error:
+    except (AlreadyOnboardingError, IdempotencyKeyConflictError) as error:
         _fail(str(error), 1)
+    except IdempotencyKeyReusedError as error:
+        _fail(str(error), 2)
     except SagaFailedError as error:
         _print_result(error.result)
         # A database refused the input: the caller's mistake, like any invalid input.
@@ -230,7 +236,9 @@ def users_create(
         ..., prompt=True, hide_input=True, confirmation_prompt=True, help="Hashed before use."
     ),
     profile: str | None = typer.Option(None, help="Optional profile as a JSON object."),
-    idempotency_key: str | None = typer.Option(None, help="Same key, same saga."),
+    idempotency_key: str | None = typer.Option(
+        None, help="Same key and request, same outcome; another request is refused."
+    ),
     wait: bool = typer.Option(True, help="Wait for the saga to finish."),
 ) -> None:
     """Create a user in every enabled database, or in none."""

@@ -12,10 +12,11 @@ import hashlib
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import to_json
@@ -23,21 +24,33 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from nexpo_workflows.providers import DatabaseProvider
 from nexpo_workflows.services import Services
+from nexpo_workflows.users.idempotency import (
+    IdempotencyKeyConflictError,
+    IdempotencyKeyReusedError,
+    IdempotencyKeys,
+    request_fingerprint,
+)
 from nexpo_workflows.users.models import (
     OffboardingInput,
     OnboardingInput,
     SagaOptions,
+    SagaPlan,
     SagaResult,
     SagaStatus,
 )
 from nexpo_workflows.users.saga import offboard, onboard
-from nexpo_workflows.users.steps import InProcessSteps, UserSteps, plan_saga
+from nexpo_workflows.users.steps import (
+    MAX_DELAY_SECONDS,
+    InProcessSteps,
+    UserSteps,
+    plan_saga,
+)
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
 
 _hasher = PasswordHasher()  # Argon2id with the library's current recommended parameters
 _IDEMPOTENCY_MEMO = "idempotency_key_sha256"
-_KEY_NAMESPACE = uuid.UUID("4f3b1d7e-2a35-4c59-9a0e-6f1f7c1c9b2d")
 
 
 # What one of the supported databases refuses, checked at the edge so that such input is a
@@ -152,6 +165,24 @@ async def hash_password(password: SecretStr) -> str:
     return await asyncio.to_thread(_hasher.hash, password.get_secret_value())
 
 
+async def password_matches(password_hash: str, password: SecretStr) -> bool:
+    try:
+        return await asyncio.to_thread(_hasher.verify, password_hash, password.get_secret_value())
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def fingerprint(request: CreateUserRequest) -> str:
+    return request_fingerprint(request.email, request.name, request.profile)
+
+
+def in_process_saga_bound(plan: SagaPlan) -> timedelta:
+    """How long an in-process saga can last at most: its deadline, then every compensation
+    with all its attempts (each a step's timeout and the longest back-off)."""
+    compensation = plan.compensation_attempts * (plan.step_timeout_seconds + MAX_DELAY_SECONDS)
+    return timedelta(seconds=plan.timeout_seconds + compensation * len(plan.steps))
+
+
 @dataclass
 class UserService:
     services: Services
@@ -195,20 +226,60 @@ class UserService:
                     return handle
             raise AlreadyOnboardingError(workflow_id) from None
 
+    def _in_process_plan(self) -> SagaPlan:
+        return plan_saga(self.services.settings, list(self.services.providers), SagaOptions())
+
     async def onboard_in_process(
         self, request: CreateUserRequest, idempotency_key: str | None
     ) -> SagaResult:
-        """The same saga without Temporal; a retried key rewrites the same record."""
-        user_id = str(uuid.uuid5(_KEY_NAMESPACE, idempotency_key)) if idempotency_key else None
+        """The same saga without Temporal. A key is bound to its request (see
+        idempotency.py): the same request gets the user its first saga created."""
+        plan = self._in_process_plan()
+        if idempotency_key is None:
+            return await self._onboard_in_process(request, str(uuid.uuid4()), plan)
+        keys = IdempotencyKeys(
+            self.services.providers[plan.steps[0].provider], in_process_saga_bound(plan)
+        )
+        claim = await keys.claim(idempotency_key, fingerprint(request))
+        if claim.state.result is not None:
+            await self._check_replay(keys.store, claim.state.result, request)
+            return claim.state.result
+        try:
+            result = await self._onboard_in_process(request, claim.state.user_id, plan)
+        except SagaFailedError:
+            await keys.release(claim)
+            raise
+        await keys.complete(claim, result)
+        return result
+
+    async def _onboard_in_process(
+        self, request: CreateUserRequest, user_id: str, plan: SagaPlan
+    ) -> SagaResult:
         input = await self._onboarding_input(request, user_id)
-        settings = self.services.settings
-        plan = plan_saga(settings, list(self.services.providers), SagaOptions())
-        user = input.to_record(str(uuid.uuid4()), datetime.now(UTC))
+        user = input.to_record(user_id, datetime.now(UTC))
         steps = InProcessSteps(UserSteps(self.services.providers), plan)
         result = await onboard(plan, user, steps)
         if result.status is not SagaStatus.COMPLETED:
             raise SagaFailedError(result)
         return result
+
+    @staticmethod
+    async def _check_replay(
+        store: DatabaseProvider, result: SagaResult, request: CreateUserRequest
+    ) -> None:
+        """The stored outcome is this request's only if its user is still there and the
+        password is the one it was created with."""
+        record = await store.get_user(result.user_id)
+        if record is None:
+            raise IdempotencyKeyConflictError(
+                f"user {result.user_id}, created with this Idempotency-Key, has been deleted "
+                "since; use a new key to create the user again"
+            )
+        if not await password_matches(record.password_hash, request.password):
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used with another request (the password differs); "
+                "use a new key"
+            )
 
     async def start_offboarding(self, user_id: str) -> WorkflowHandle[Any, SagaResult]:
         assert self.client is not None
@@ -222,7 +293,7 @@ class UserService:
         )
 
     async def offboard_in_process(self, user_id: str) -> SagaResult:
-        plan = plan_saga(self.services.settings, list(self.services.providers), SagaOptions())
+        plan = self._in_process_plan()
         steps = InProcessSteps(UserSteps(self.services.providers), plan)
         result = await offboard(plan, user_id, steps)
         if result.status is not SagaStatus.COMPLETED:

@@ -46,11 +46,11 @@ UNKNOWN_PROVIDER = "UnknownProvider"
 INVALID_INPUT = "InvalidInput"
 
 NON_RETRYABLE = (DUPLICATE_EMAIL, UNKNOWN_PROVIDER, INVALID_INPUT)
-_MAX_DELAY_SECONDS = 5.0
+MAX_DELAY_SECONDS = 5.0
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=_MAX_DELAY_SECONDS),
+    maximum_interval=timedelta(seconds=MAX_DELAY_SECONDS),
     non_retryable_error_types=list(NON_RETRYABLE),
 )
 
@@ -199,7 +199,7 @@ class InProcessSteps:
                 raise error
             attempt += 1
             await asyncio.sleep(delay)
-            delay = min(delay * STEP_RETRY.backoff_coefficient, _MAX_DELAY_SECONDS)
+            delay = min(delay * STEP_RETRY.backoff_coefficient, MAX_DELAY_SECONDS)
 
     async def create(self, step: ProviderStep, user: UserRecord, time_left: float) -> None:
         try:

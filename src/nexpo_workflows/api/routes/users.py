@@ -8,6 +8,10 @@ from fastapi import APIRouter, Header, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 
 from nexpo_workflows.api.deps import StateDep
+from nexpo_workflows.users.idempotency import (
+    IdempotencyKeyConflictError,
+    IdempotencyKeyReusedError,
+)
 from nexpo_workflows.users.models import SagaResult
 from nexpo_workflows.users.service import (
     AlreadyOnboardingError,
@@ -28,13 +32,20 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=255,
-        description="Repeat a request with the same key and email to get the same saga.",
+        description="Repeat a request with the same key and body to get the same outcome; "
+        "the same key with another body is refused (422).",
     ),
 ]
 
 _FAILURE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    409: {"description": "This email is taken or already being onboarded"},
-    422: {"description": "Invalid input, or a database refused it; every write was undone"},
+    409: {
+        "description": "This email is taken or already being onboarded, or the request with "
+        "this Idempotency-Key is under way or its user was deleted since"
+    },
+    422: {
+        "description": "Invalid input (a database refused it: every write was undone), or "
+        "an Idempotency-Key already used with another request"
+    },
     503: {"description": "A database could not be written; every write was undone"},
 }
 
@@ -79,17 +90,20 @@ async def create_user(
     same saga in this process (not durable) and answers 201 with the user.
     """
     users = UserService(state.services, state.client)
-    if state.client is not None:
-        try:
-            handle = await users.start_onboarding(body, idempotency_key)
-        except AlreadyOnboardingError as error:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                {"message": str(error), "workflowId": error.workflow_id},
-            ) from None
-        return _accepted(request, handle.id)
     try:
+        if state.client is not None:
+            handle = await users.start_onboarding(body, idempotency_key)
+            return _accepted(request, handle.id)
         result = await users.onboard_in_process(body, idempotency_key)
+    except AlreadyOnboardingError as error:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            {"message": str(error), "workflowId": error.workflow_id},
+        ) from None
+    except IdempotencyKeyReusedError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    except IdempotencyKeyConflictError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     except SagaFailedError as error:
         raise _saga_failure(error) from None
     return await users.get(result.user_id)
