@@ -11,13 +11,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+from temporalio.client import Client
 
 from nexpo_workflows.api.app import create_app
 from nexpo_workflows.api.deps import GatewayState
 from nexpo_workflows.config import Settings
 from nexpo_workflows.providers import DatabaseProvider, enabled_providers
 from nexpo_workflows.services import Services
-from tests.conftest import ALL_PROVIDERS, API_KEY, stored
+from nexpo_workflows.users.models import SagaResult, SagaStatus
+from tests.conftest import ALL_PROVIDERS, API_KEY, saga_worker, stored
 from tests.faults import FaultyProvider
 from tests.test_users_api import new_user
 
@@ -158,3 +160,97 @@ async def test_in_process_concurrent_requests_with_one_key_create_one_user(
     assert replayed.status_code == 201, replayed.text
     assert replayed.json()["id"] == user_id
     assert await everywhere(saga_settings, user_id)
+
+
+@asynccontextmanager
+async def durable_gateway(client: Client, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway with ENABLE_TEMPORAL=true and a worker on its task queue."""
+    services = Services.from_settings(settings, client)
+    app = create_app(GatewayState(services, client, metrics_url=None))
+    try:
+        async with (
+            saga_worker(client, settings),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gw", headers=AUTH
+            ) as http,
+        ):
+            yield http
+    finally:
+        await services.close()
+
+
+async def onboarded(
+    http: httpx.AsyncClient, client: Client, body: dict[str, str], **headers: str
+) -> SagaResult:
+    accepted = await http.post("/api/users", json=body, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    workflow_id = accepted.json()["workflowId"]
+    result: SagaResult = await client.get_workflow_handle(
+        workflow_id, result_type=SagaResult
+    ).result()
+    return result
+
+
+async def offboarded(http: httpx.AsyncClient, client: Client, user_id: str) -> None:
+    accepted = await http.delete(f"/api/users/{user_id}")
+    assert accepted.status_code == 202, accepted.text
+    await client.get_workflow_handle(accepted.json()["workflowId"]).result()
+
+
+async def test_an_offboarded_email_registers_again(client: Client, saga_settings: Settings) -> None:
+    body = new_user()
+    async with durable_gateway(client, saga_settings) as http:
+        first = await onboarded(http, client, body)
+        await offboarded(http, client, first.user_id)
+        second = await onboarded(http, client, body)
+        # While the new user exists, the email is taken again.
+        taken = await http.post("/api/users", json=body)
+        assert taken.status_code == 409, taken.text
+    assert second.status is SagaStatus.COMPLETED
+    assert second.user_id != first.user_id
+    assert await everywhere(saga_settings, second.user_id)
+    assert await stored(saga_settings, first.user_id) == dict.fromkeys(ALL_PROVIDERS)
+
+
+async def test_the_key_of_an_offboarded_user_starts_a_new_onboarding(
+    client: Client, saga_settings: Settings
+) -> None:
+    body, key = new_user(), a_key()
+    async with durable_gateway(client, saga_settings) as http:
+        first = await onboarded(http, client, body, **key)
+        await offboarded(http, client, first.user_id)
+        # Not the old run, whose user no longer exists: a new one, which creates the user.
+        second = await onboarded(http, client, body, **key)
+        # The key now names the new run; replayed, it joins it.
+        replayed = await http.post("/api/users", json=body, headers=key)
+        assert replayed.status_code == 202, replayed.text
+    assert second.user_id != first.user_id
+    assert await everywhere(saga_settings, second.user_id)
+
+
+async def test_concurrent_onboardings_of_an_offboarded_email_one_wins(
+    client: Client, saga_settings: Settings
+) -> None:
+    body = new_user()
+    async with durable_gateway(client, saga_settings) as http:
+        first = await onboarded(http, client, body)
+        await offboarded(http, client, first.user_id)
+        answers = await asyncio.gather(*(http.post("/api/users", json=body) for _ in range(2)))
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [202, 409], [answer.text for answer in answers]
+        workflow_id = next(a for a in answers if a.status_code == 202).json()["workflowId"]
+        result = await client.get_workflow_handle(workflow_id, result_type=SagaResult).result()
+    assert result.status is SagaStatus.COMPLETED
+    assert await everywhere(saga_settings, result.user_id)
+
+
+async def test_a_key_used_with_another_request_is_refused_in_temporal_mode(
+    client: Client, saga_settings: Settings
+) -> None:
+    body, key = new_user(), a_key()
+    async with durable_gateway(client, saga_settings) as http:
+        first = await onboarded(http, client, body, **key)
+        refused = await http.post("/api/users", json={**body, "name": "Other"}, headers=key)
+        assert refused.status_code == 422, refused.text
+        assert "Idempotency-Key" in refused.json()["detail"]
+    assert (await stored(saga_settings, first.user_id))["postgres"] is not None

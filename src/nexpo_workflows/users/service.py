@@ -20,9 +20,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import to_json
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from nexpo_workflows.providers import DatabaseProvider
 from nexpo_workflows.services import Services
@@ -51,6 +52,7 @@ from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboard
 
 _hasher = PasswordHasher()  # Argon2id with the library's current recommended parameters
 _IDEMPOTENCY_MEMO = "idempotency_key_sha256"
+_REQUEST_MEMO = "request_sha256"
 
 
 # What one of the supported databases refuses, checked at the edge so that such input is a
@@ -202,29 +204,66 @@ class UserService:
     async def start_onboarding(
         self, request: CreateUserRequest, idempotency_key: str | None
     ) -> WorkflowHandle[Any, SagaResult]:
-        """Start the saga (one per email). Raise AlreadyOnboardingError unless the existing
-        one was started with the same idempotency key, in which case it is returned."""
+        """Start the saga of this email, unless one is under way or its user exists (then
+        AlreadyOnboardingError, or that saga's handle for a retry with the same key and
+        request). An email whose user has been offboarded registers again: a new run under
+        the same workflow id, so that two onboardings of one email still conflict."""
         assert self.client is not None
         workflow_id = onboarding_workflow_id(request.email)
-        memo = {_IDEMPOTENCY_MEMO: _digest(idempotency_key)} if idempotency_key else None
+        memo = {_REQUEST_MEMO: fingerprint(request)}
+        if idempotency_key:
+            memo[_IDEMPOTENCY_MEMO] = _digest(idempotency_key)
+        handle = self.client.get_workflow_handle_for(UserOnboardingWorkflow.run, workflow_id)
+        if await self._holds_the_email(handle, memo):
+            return handle
         try:
             return await self.client.start_workflow(
                 UserOnboardingWorkflow.run,
                 await self._onboarding_input(request, None),
                 id=workflow_id,
                 task_queue=self.services.settings.temporal_task_queue,
-                # A rolled-back saga may be tried again; a running or finished one may not.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                # _holds_the_email refused a run that is under way or whose user exists; a
+                # run that started since then is under way, and FAIL refuses it.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 memo=memo,
             )
         except WorkflowAlreadyStartedError:
-            handle = self.client.get_workflow_handle_for(UserOnboardingWorkflow.run, workflow_id)
-            if memo is not None:
-                existing = await (await handle.describe()).memo()
-                if existing.get(_IDEMPOTENCY_MEMO) == memo[_IDEMPOTENCY_MEMO]:
-                    return handle
+            if await self._holds_the_email(handle, memo):
+                return handle
             raise AlreadyOnboardingError(workflow_id) from None
+
+    async def _holds_the_email(
+        self, handle: WorkflowHandle[Any, SagaResult], memo: dict[str, str]
+    ) -> bool:
+        """Whether the email's latest onboarding is this request's (True: join it). Raise
+        AlreadyOnboardingError if it is another's and is under way or its user exists,
+        IdempotencyKeyReusedError if it carries this key with another request; False when
+        there is none, it failed, or its user has been offboarded since."""
+        try:
+            description = await handle.describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        state = description.status
+        if state is WorkflowExecutionStatus.COMPLETED:
+            created = await handle.result(follow_runs=False)
+            if await self.get(created.user_id) is None:
+                return False  # offboarded: the email is free again
+        elif state is not WorkflowExecutionStatus.RUNNING:
+            return False  # failed, cancelled, terminated: every write was undone
+        held = await description.memo()
+        key = memo.get(_IDEMPOTENCY_MEMO)
+        if key is None or held.get(_IDEMPOTENCY_MEMO) != key:
+            raise AlreadyOnboardingError(handle.id)
+        # Runs started before requests were fingerprinted have none to compare.
+        if held.get(_REQUEST_MEMO, memo[_REQUEST_MEMO]) != memo[_REQUEST_MEMO]:
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used with another request "
+                "(name or profile differ); use a new key"
+            )
+        return True
 
     def _in_process_plan(self) -> SagaPlan:
         return plan_saga(self.services.settings, list(self.services.providers), SagaOptions())
