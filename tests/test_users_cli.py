@@ -73,6 +73,20 @@ async def test_users_commands_without_temporal(
     assert "no user" in missing.stderr
 
 
+async def test_an_idempotency_key_reused_with_another_request_exits_2(
+    cli: list[str], cli_env: dict[str, str], saga_settings: Settings, postgres_url: str
+) -> None:
+    env = {**saga_env(cli_env, saga_settings, postgres_url), "ENABLE_TEMPORAL": "false"}
+    key = ["--idempotency-key", f"key-{uuid.uuid4()}"]
+    email = f"alan.{uuid.uuid4().hex[:8]}@example.com"
+    created = await run_cli([*cli, *create_args(email), *key], env)
+    assert created.returncode == 0, created.stderr
+    other = f"joan.{uuid.uuid4().hex[:8]}@example.com"
+    refused = await run_cli([*cli, *create_args(other), *key], env)
+    assert refused.returncode == 2, refused.stderr
+    assert "Idempotency-Key was used with another request" in refused.stderr
+
+
 async def test_invalid_cli_input_is_refused_before_anything_runs(
     cli: list[str], cli_env: dict[str, str]
 ) -> None:
