@@ -260,19 +260,26 @@ def refused_by_postgres(**options: Any) -> OnboardingInput:
 
 
 @pytest.mark.parametrize("mode", list(StepMode))
+@pytest.mark.parametrize(("refusing", "reason"), [("postgres", "0x00"), ("supabase", "22P05")])
 async def test_a_record_a_database_refuses_fails_at_once_and_leaves_no_trace(
-    client: Client, saga_settings: Settings, mode: StepMode
+    client: Client, saga_settings: Settings, mode: StepMode, refusing: str, reason: str
 ) -> None:
-    input = refused_by_postgres(step_mode=mode, timeout_seconds=20)
+    # One after the other, SQLite first: the refusing database is the step that fails.
+    input = refused_by_postgres(
+        step_mode=mode, timeout_seconds=20, parallel=False, providers=["sqlite", refusing]
+    )
     started = time.monotonic()
-    async with saga_worker(client, saga_settings, postgres={}) as used:
+    async with saga_worker(client, saga_settings, **{refusing: {}}) as used:
         result = await rolled_back(client, saga_settings, input)
     # Not "database unavailable" retried until the deadline: refused once, final.
     assert time.monotonic() - started < 10
     assert result.failure_kind == "InvalidInput"
-    assert statuses(result)["postgres"] is ProviderStatus.FAILED
-    assert "0x00" in (next(o for o in result.providers if o.provider == "postgres").error or "")
-    faulty = used["postgres"]
+    assert statuses(result) == {
+        "sqlite": ProviderStatus.COMPENSATED,
+        refusing: ProviderStatus.FAILED,
+    }
+    assert reason in (next(o for o in result.providers if o.provider == refusing).error or "")
+    faulty = used[refusing]
     assert isinstance(faulty, FaultyProvider)
     assert faulty.create_calls == 1
     assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)
