@@ -213,25 +213,28 @@ class UserService:
         memo = {_REQUEST_MEMO: fingerprint(request)}
         if idempotency_key:
             memo[_IDEMPOTENCY_MEMO] = _digest(idempotency_key)
+        input = await self._onboarding_input(request, None)
         handle = self.client.get_workflow_handle_for(UserOnboardingWorkflow.run, workflow_id)
-        if await self._holds_the_email(handle, memo):
-            return handle
-        try:
-            return await self.client.start_workflow(
-                UserOnboardingWorkflow.run,
-                await self._onboarding_input(request, None),
-                id=workflow_id,
-                task_queue=self.services.settings.temporal_task_queue,
-                # _holds_the_email refused a run that is under way or whose user exists; a
-                # run that started since then is under way, and FAIL refuses it.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                memo=memo,
-            )
-        except WorkflowAlreadyStartedError:
-            if await self._holds_the_email(handle, memo):
-                return handle
-            raise AlreadyOnboardingError(workflow_id) from None
+        # A first onboarding, or one after a failed run, starts without a look first; after
+        # a completed run, only once its user is gone (FAIL still refuses a run under way).
+        for reuse in (
+            WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        ):
+            try:
+                return await self.client.start_workflow(
+                    UserOnboardingWorkflow.run,
+                    input,
+                    id=workflow_id,
+                    task_queue=self.services.settings.temporal_task_queue,
+                    id_reuse_policy=reuse,
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    memo=memo,
+                )
+            except WorkflowAlreadyStartedError:
+                if await self._holds_the_email(handle, memo):
+                    return handle
+        raise AlreadyOnboardingError(workflow_id)
 
     async def _holds_the_email(
         self, handle: WorkflowHandle[Any, SagaResult], memo: dict[str, str]
