@@ -6,7 +6,9 @@ provider, not through the worker's own objects.
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from nexpo_workflows.config import Settings
+from nexpo_workflows.providers import enabled_providers
 from nexpo_workflows.users.models import (
     OffboardingInput,
     OnboardingInput,
@@ -23,6 +26,8 @@ from nexpo_workflows.users.models import (
     SagaStatus,
     StepMode,
 )
+from nexpo_workflows.users.saga import onboard
+from nexpo_workflows.users.steps import InProcessSteps, UserSteps, plan_saga
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
 from tests.conftest import ALL_PROVIDERS, saga_worker, stored
 from tests.faults import FaultyProvider
@@ -119,6 +124,20 @@ async def test_a_duplicate_email_fails_at_once_and_leaves_the_other_user_alone(
     assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)
     kept = await stored(saga_settings, str(first.user_id))
     assert all(record is not None for record in kept.values())
+
+
+async def test_a_local_activity_step_keeps_its_failure_kind(
+    client: Client, saga_settings: Settings
+) -> None:
+    # A local activity's non-retryable failure reaches the workflow without an ActivityError
+    # around it; its kind must still be DuplicateEmail (a 409), not "ApplicationError".
+    first = onboarding(step_mode=StepMode.LOCAL)
+    async with saga_worker(client, saga_settings):
+        await run_saga(client, saga_settings, first)
+        second = first.model_copy(update={"user_id": str(uuid.uuid4())})
+        result = await rolled_back(client, saga_settings, second)
+    assert result.failure_kind == "DuplicateEmail"
+    assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)
 
 
 async def test_a_provider_down_then_back_is_retried_to_success(
@@ -231,3 +250,58 @@ async def test_an_unknown_provider_is_refused_before_any_write(
     assert isinstance(cause, ApplicationError)
     assert cause.type == "UnknownProvider"
     assert "oracle" in cause.message
+
+
+def refused_by_postgres(**options: Any) -> OnboardingInput:
+    """A user PostgreSQL (and Supabase's jsonb) cannot store: a NUL character in the name.
+    The request models refuse it at the edge; the workflow's input does not, so the
+    providers' own classification is what is tested here."""
+    return onboarding(**options).model_copy(update={"name": "Ada\x00Lovelace"})
+
+
+@pytest.mark.parametrize("mode", list(StepMode))
+@pytest.mark.parametrize(("refusing", "reason"), [("postgres", "0x00"), ("supabase", "22P05")])
+async def test_a_record_a_database_refuses_fails_at_once_and_leaves_no_trace(
+    client: Client, saga_settings: Settings, mode: StepMode, refusing: str, reason: str
+) -> None:
+    # One after the other, SQLite first: the refusing database is the step that fails.
+    input = refused_by_postgres(
+        step_mode=mode, timeout_seconds=20, parallel=False, providers=["sqlite", refusing]
+    )
+    started = time.monotonic()
+    async with saga_worker(client, saga_settings, **{refusing: {}}) as used:
+        result = await rolled_back(client, saga_settings, input)
+    # Not "database unavailable" retried until the deadline: refused once, final.
+    assert time.monotonic() - started < 10
+    assert result.failure_kind == "InvalidInput"
+    assert statuses(result) == {
+        "sqlite": ProviderStatus.COMPENSATED,
+        refusing: ProviderStatus.FAILED,
+    }
+    assert reason in (next(o for o in result.providers if o.provider == refusing).error or "")
+    faulty = used[refusing]
+    assert isinstance(faulty, FaultyProvider)
+    assert faulty.create_calls == 1
+    assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)
+
+
+async def test_in_process_a_record_a_database_refuses_is_invalid_input_at_once(
+    saga_settings: Settings,
+) -> None:
+    providers = enabled_providers(saga_settings)
+    input = refused_by_postgres(timeout_seconds=20)
+    try:
+        plan = plan_saga(saga_settings, list(providers), input.options)
+        steps = InProcessSteps(UserSteps(providers), plan)
+        started = time.monotonic()
+        result = await onboard(plan, input.to_record("unused", datetime.now(UTC)), steps)
+    finally:
+        for provider in providers.values():
+            await provider.close()
+    assert time.monotonic() - started < 10
+    assert (result.status, result.failure_kind) == (SagaStatus.ROLLED_BACK, "InvalidInput")
+    assert {o.provider for o in result.providers if o.status is ProviderStatus.FAILED} <= {
+        "postgres",
+        "supabase",
+    }
+    assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)

@@ -16,6 +16,7 @@ from nexpo_workflows.providers import (
     DatabaseProvider,
     DatasetRecord,
     DuplicateEmailError,
+    InvalidRecordError,
     ProviderUnavailableError,
 )
 from nexpo_workflows.providers.cosmosdb import (
@@ -212,7 +213,7 @@ class TestCosmosProvider(ProviderContract):
     async def test_an_id_cosmos_cannot_store_is_refused_before_writing(
         self, provider: DatabaseProvider
     ) -> None:
-        with pytest.raises(ValueError, match="cannot contain"):
+        with pytest.raises(InvalidRecordError, match="cannot contain"):
             await provider.create_user(make_user(id="a/b"))
         assert await provider.get_user("a/b") is None
         assert await provider.delete_user("a/b") is False

@@ -14,6 +14,7 @@ from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import (
     DatabaseProvider,
     DuplicateEmailError,
+    InvalidRecordError,
     ProviderUnavailableError,
 )
 from nexpo_workflows.providers.mongodb import MongoProvider
@@ -55,6 +56,15 @@ class TestMongoProvider(ProviderContract):
             fresh_database(),
             server_selection_timeout_ms=QUICK_TIMEOUT_MS,
         )
+
+    async def test_a_document_mongodb_cannot_store_is_an_invalid_record(
+        self, provider: DatabaseProvider
+    ) -> None:
+        # BSON field names are NUL-terminated: the driver refuses the document; final.
+        user = make_user(profile={"key\x00": 1})
+        with pytest.raises(InvalidRecordError, match="NULL byte"):
+            await provider.create_user(user)
+        assert await provider.get_user(user.id) is None
 
     async def test_index_creation_is_idempotent(self, mongodb_url: str) -> None:
         database = fresh_database()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -143,7 +144,7 @@ async def test_in_process_mode_creates_conflicts_and_deletes(
     assert await stored(saga_settings, user["id"]) == dict.fromkeys(PROVIDERS)
 
 
-async def test_in_process_idempotency_key_rewrites_the_same_record(
+async def test_in_process_idempotency_key_replays_the_same_user(
     in_process: httpx.AsyncClient,
 ) -> None:
     body = new_user()
@@ -154,6 +155,13 @@ async def test_in_process_idempotency_key_rewrites_the_same_record(
     assert first.json()["id"] == second.json()["id"]
 
 
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -161,13 +169,20 @@ async def test_in_process_idempotency_key_rewrites_the_same_record(
         ({"password": "pw-1234"}, "password"),
         ({"name": "   "}, "name"),
         ({"profile": "not an object"}, "profile"),
+        # What one of the databases would refuse is refused before any of them is asked.
+        ({"name": "Ada\x00Lovelace"}, "name"),
+        ({"profile": {"bio": "a\x00b"}}, "profile"),
+        ({"profile": {"key\x00": 1}}, "profile"),
+        ({"profile": {"big": 2**64}}, "profile"),
+        ({"profile": nested(40)}, "profile"),
+        ({"profile": {"long": "x" * 70_000}}, "profile"),
     ],
 )
 async def test_invalid_input_is_422_with_field_errors_and_writes_nothing(
     durable: httpx.AsyncClient,
     client: Client,
     saga_settings: Settings,
-    change: dict[str, str],
+    change: dict[str, Any],
     field: str,
 ) -> None:
     body = {**new_user(), **change}

@@ -73,6 +73,20 @@ async def test_users_commands_without_temporal(
     assert "no user" in missing.stderr
 
 
+async def test_an_idempotency_key_reused_with_another_request_exits_2(
+    cli: list[str], cli_env: dict[str, str], saga_settings: Settings, postgres_url: str
+) -> None:
+    env = {**saga_env(cli_env, saga_settings, postgres_url), "ENABLE_TEMPORAL": "false"}
+    key = ["--idempotency-key", f"key-{uuid.uuid4()}"]
+    email = f"alan.{uuid.uuid4().hex[:8]}@example.com"
+    created = await run_cli([*cli, *create_args(email), *key], env)
+    assert created.returncode == 0, created.stderr
+    other = f"joan.{uuid.uuid4().hex[:8]}@example.com"
+    refused = await run_cli([*cli, *create_args(other), *key], env)
+    assert refused.returncode == 2, refused.stderr
+    assert "Idempotency-Key was used with another request" in refused.stderr
+
+
 async def test_invalid_cli_input_is_refused_before_anything_runs(
     cli: list[str], cli_env: dict[str, str]
 ) -> None:
@@ -80,6 +94,11 @@ async def test_invalid_cli_input_is_refused_before_anything_runs(
     assert refused.returncode == 2
     assert "invalid input: email" in refused.stderr
     assert PASSWORD not in refused.stderr + refused.stdout
+    # A NUL character, which PostgreSQL cannot store, in a profile's field name.
+    unstorable = [*create_args("alan@example.com"), "--profile", '{"key\\u0000": 1}']
+    refused = await run_cli([*cli, *unstorable], cli_env)
+    assert refused.returncode == 2
+    assert "invalid input: profile" in refused.stderr
 
 
 async def test_saga_through_a_worker_process_records_its_metrics(

@@ -67,6 +67,10 @@ from nexpo_workflows.sync.schedules import (
     parse_interval,
 )
 from nexpo_workflows.telemetry import configure_logging, create_runtime
+from nexpo_workflows.users.idempotency import (
+    IdempotencyKeyConflictError,
+    IdempotencyKeyReusedError,
+)
 from nexpo_workflows.users.models import SagaResult
 from nexpo_workflows.users.service import (
     AlreadyOnboardingError,
@@ -75,6 +79,7 @@ from nexpo_workflows.users.service import (
     UserService,
     UserView,
 )
+from nexpo_workflows.users.steps import INVALID_INPUT
 
 app = typer.Typer(
     name="nexpo-workflows",
@@ -119,11 +124,14 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         _fail(failure.message, _EDGE_EXIT_CODES[failure.kind])
     except ConfigError as error:  # found at start-up, e.g. tracing on without its packages
         _fail(str(error), 2)
-    except AlreadyOnboardingError as error:
+    except (AlreadyOnboardingError, IdempotencyKeyConflictError) as error:
         _fail(str(error), 1)
+    except IdempotencyKeyReusedError as error:
+        _fail(str(error), 2)
     except SagaFailedError as error:
         _print_result(error.result)
-        _fail(str(error), 1)
+        # A database refused the input: the caller's mistake, like any invalid input.
+        _fail(str(error), 2 if error.result.failure_kind == INVALID_INPUT else 1)
 
 
 def _require_temporal(settings: Settings, command: str) -> None:
@@ -233,7 +241,9 @@ def users_create(
         ..., prompt=True, hide_input=True, confirmation_prompt=True, help="Hashed before use."
     ),
     profile: str | None = typer.Option(None, help="Optional profile as a JSON object."),
-    idempotency_key: str | None = typer.Option(None, help="Same key, same saga."),
+    idempotency_key: str | None = typer.Option(
+        None, help="Same key and request, same outcome; another request is refused."
+    ),
     wait: bool = typer.Option(True, help="Wait for the saga to finish."),
 ) -> None:
     """Create a user in every enabled database, or in none."""

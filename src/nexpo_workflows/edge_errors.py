@@ -17,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from nexpo_workflows.client import TemporalUnavailableError
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.health.run import HealthCheckUnavailableError
-from nexpo_workflows.providers import ProviderUnavailableError
+from nexpo_workflows.providers import InvalidRecordError, ProviderUnavailableError
 from nexpo_workflows.storage import StoreUnavailableError
 
 Kind = Literal["unavailable", "refused", "not_found", "conflict"]
@@ -29,6 +29,7 @@ EDGE_ERRORS: tuple[type[Exception], ...] = (
     TemporalUnavailableError,
     HealthCheckUnavailableError,
     ProviderUnavailableError,
+    InvalidRecordError,
     StoreUnavailableError,
 )
 
@@ -81,6 +82,8 @@ def classify(error: Exception) -> EdgeFailure:
     if isinstance(error, ProviderUnavailableError):
         # The providers' messages start with their name ("postgres: connection refused").
         return EdgeFailure("unavailable", DATABASE, reason)
+    if isinstance(error, InvalidRecordError):
+        return EdgeFailure("refused", DATABASE, reason)
     if isinstance(error, StoreUnavailableError):
         return EdgeFailure("unavailable", OBJECT_STORE, reason)
     raise TypeError(f"{type(error).__name__} is not an edge error") from error

@@ -23,6 +23,11 @@ class DuplicateEmailError(Exception):
     """Another user (another id) already has this email; retrying cannot help."""
 
 
+class InvalidRecordError(Exception):
+    """The database refused the record's content (a character it cannot store, a value too
+    long or too large, a field name it forbids): the caller's input, so retrying cannot help."""
+
+
 class UserRecord(BaseModel):
     """The same fields in every provider: the saga writes this record everywhere."""
 

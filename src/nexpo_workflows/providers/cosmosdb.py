@@ -69,6 +69,7 @@ from nexpo_workflows.providers.base import (
     DatabaseProvider,
     DatasetRecord,
     DuplicateEmailError,
+    InvalidRecordError,
     ProviderUnavailableError,
     RecordVersion,
     UserRecord,
@@ -115,6 +116,9 @@ UNAVAILABLE = (
 )
 # Timeout, gone (a moved partition), throttled, and "retry with" are transient by design.
 TRANSIENT_STATUSES = frozenset({408, 410, 429, 449})
+# Bad request (an item Cosmos cannot store) and request entity too large (over 2 MB): the
+# record is refused, and retrying it cannot help.
+REFUSED_STATUSES = frozenset({400, 413})
 
 
 def user_partition(user_id: str) -> str:
@@ -237,7 +241,7 @@ class CosmosProvider(DatabaseProvider):
                 **self._client_options,
             )
             try:
-                with self._reporting_unavailable():
+                with self._classifying_errors():
                     database = await client.create_database_if_not_exists(self.database)
                     container = await database.create_container_if_not_exists(
                         self.container, partition_key=PartitionKey(path=PARTITION_KEY_PATH)
@@ -269,7 +273,7 @@ class CosmosProvider(DatabaseProvider):
         return ProviderUnavailableError(f"{self.name}: {first_line(error)}")
 
     @contextlib.contextmanager
-    def _reporting_unavailable(self) -> Iterator[None]:
+    def _classifying_errors(self) -> Iterator[None]:
         try:
             yield
         except UNAVAILABLE as error:
@@ -278,18 +282,20 @@ class CosmosProvider(DatabaseProvider):
             status = error.status_code or 0
             if status >= 500 or status in TRANSIENT_STATUSES:
                 raise self._unavailable(error) from error
+            if status in REFUSED_STATUSES:
+                raise InvalidRecordError(f"{self.name}: {first_line(error)}") from error
             raise
 
     async def ping(self) -> None:
         container = await self._ready_container()
-        with self._reporting_unavailable():
+        with self._classifying_errors():
             await container.read()
 
     async def create_user(self, user: UserRecord) -> None:
         if FORBIDDEN_ID_CHARACTERS.intersection(user.id):
-            raise ValueError(f"{self.name}: a user id cannot contain / \\ ? or #")
+            raise InvalidRecordError(f"{self.name}: a user id cannot contain / \\ ? or #")
         container = await self._ready_container()
-        with self._reporting_unavailable():
+        with self._classifying_errors():
             stored = await self._create_or_read_user(container, user)
             if await self._claim_email(container, stored):
                 return
@@ -394,13 +400,13 @@ class CosmosProvider(DatabaseProvider):
 
     async def get_user(self, user_id: str) -> UserRecord | None:
         container = await self._ready_container()
-        with self._reporting_unavailable():
+        with self._classifying_errors():
             item = await self._read(container, user_partition(user_id), user_id)
         return None if item is None else user_record(item)
 
     async def delete_user(self, user_id: str) -> bool:
         container = await self._ready_container()
-        with self._reporting_unavailable():
+        with self._classifying_errors():
             item = await self._read(container, user_partition(user_id), user_id)
             if item is None:
                 return False
@@ -419,13 +425,13 @@ class CosmosProvider(DatabaseProvider):
         async def upsert(record: DatasetRecord) -> None:
             await container.upsert_item(record_item(dataset, record))
 
-        with self._reporting_unavailable():
+        with self._classifying_errors():
             await concurrently(upsert, records)
 
     async def _query_records(self, dataset: str, ids: Sequence[str], fields: str) -> list[Item]:
         container = await self._ready_records()
         found: list[Item] = []
-        with self._reporting_unavailable():
+        with self._classifying_errors():
             for chunk in chunked(ids, QUERY_IDS_CHUNK):
                 items = container.query_items(
                     RECORD_QUERY.format(fields=fields),
@@ -456,5 +462,5 @@ class CosmosProvider(DatabaseProvider):
                 return 0
             return 1
 
-        with self._reporting_unavailable():
+        with self._classifying_errors():
             return sum(await concurrently(delete, ids))

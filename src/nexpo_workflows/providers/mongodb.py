@@ -18,16 +18,19 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any, ClassVar, Self
 
+from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, WriteError
 
 from nexpo_workflows.config import Settings
+from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import (
     RECORDS_STORE,
     DatabaseProvider,
     DatasetRecord,
     DuplicateEmailError,
+    InvalidRecordError,
     ProviderUnavailableError,
     RecordVersion,
     UserRecord,
@@ -48,6 +51,10 @@ VERSION_PROJECTION = {"_id": 0, "id": 1, "version": 1, "deleted": 1}
 # ConnectionFailure is the base of AutoReconnect (and so of NotPrimaryError),
 # NetworkTimeout and ServerSelectionTimeoutError: every "cannot talk to the server now".
 UNAVAILABLE = (ConnectionFailure, OSError)
+# A document the driver cannot encode (a NUL character in a field name, over 16 MB) or the
+# server refuses to write (nested too deep, failing validation): the record's fault, final.
+# DuplicateKeyError is a WriteError too, and is caught before these.
+REFUSED = (InvalidDocument, WriteError, BulkWriteError)
 
 
 def record_key(dataset: str, record_id: str) -> str:
@@ -125,6 +132,9 @@ class MongoProvider(DatabaseProvider):
         detail = str(error).split(", Topology Description:")[0].strip() or type(error).__name__
         return ProviderUnavailableError(f"{self.name}: {detail}")
 
+    def _refused(self, error: BaseException) -> InvalidRecordError:
+        return InvalidRecordError(f"{self.name}: {first_line(error)}")
+
     async def ping(self) -> None:
         await self.connect()
         assert self._client is not None
@@ -145,6 +155,8 @@ class MongoProvider(DatabaseProvider):
             pass
         except UNAVAILABLE as error:
             raise self._unavailable(error) from error
+        except REFUSED as error:
+            raise self._refused(error) from error
         if await self.get_user(user.id) is None:
             raise DuplicateEmailError(f"{self.name}: a user with email {user.email} exists")
 
@@ -181,6 +193,8 @@ class MongoProvider(DatabaseProvider):
             await collection.bulk_write(replacements, ordered=False)
         except UNAVAILABLE as error:
             raise self._unavailable(error) from error
+        except REFUSED as error:
+            raise self._refused(error) from error
 
     async def _find_in_chunks(
         self, dataset: str, ids: Sequence[str], projection: Document

@@ -42,6 +42,7 @@ from nexpo_workflows.providers.base import (
     DatabaseProvider,
     DatasetRecord,
     DuplicateEmailError,
+    InvalidRecordError,
     ProviderUnavailableError,
     RecordVersion,
     UserRecord,
@@ -155,6 +156,21 @@ def _driver_sql(statement: ClauseElement, dialect: Dialect) -> tuple[str, tuple[
     return str(compiled), tuple(compiled.positiontup)
 
 
+def is_data_error(error: BaseException) -> bool:
+    """Whether the driver reports SQLSTATE class 22: asyncpg gives the code as ``sqlstate``
+    (SQLAlchemy's adapter wraps its DataError as a plain DBAPIError), pyodbc as the first
+    argument, and drivers that sort their errors raise DataError."""
+    if isinstance(error, exc.DataError):
+        return True
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    original = error.orig
+    code = getattr(original, "sqlstate", None)
+    if code is None and original is not None and original.args:
+        code = original.args[0]
+    return isinstance(code, str) and len(code) == 5 and code.startswith("22")
+
+
 def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
     return chunked(ids, IN_LIST_CHUNK)
 
@@ -202,6 +218,14 @@ class SQLProvider(DatabaseProvider):
     def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
         return ProviderUnavailableError(f"{self.name}: {first_line(error)}")
 
+    def _classified(self, error: BaseException) -> InvalidRecordError | ProviderUnavailableError:
+        """A value the database refuses (SQLSTATE class 22, "data exception": a NUL character
+        in PostgreSQL text, a string longer than its column...) is the caller's and final;
+        anything else may pass and is retried."""
+        if is_data_error(error):
+            return InvalidRecordError(f"{self.name}: {first_line(error)}")
+        return self._unavailable(error)
+
     def sql_source(self) -> SQLProvider:
         return self
 
@@ -222,7 +246,7 @@ class SQLProvider(DatabaseProvider):
         except exc.IntegrityError:
             pass  # the id or the email exists: ours (a retry) or somebody else's
         except (exc.DBAPIError, OSError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         if await self.get_user(user.id) is None:
             raise DuplicateEmailError(f"{self.name}: a user with email {user.email} exists")
 
@@ -232,7 +256,7 @@ class SQLProvider(DatabaseProvider):
             async with engine.connect() as connection:
                 row = (await connection.execute(UserStatements.select_user(user_id))).first()
         except (exc.DBAPIError, OSError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         if row is None:
             return None
         values = row._asdict()
@@ -246,7 +270,7 @@ class SQLProvider(DatabaseProvider):
             async with engine.begin() as connection:
                 result = await connection.execute(UserStatements.delete_user(user_id))
         except (exc.DBAPIError, OSError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         return bool(result.rowcount)
 
     def _bulk_upsert(self, dialect: Dialect) -> tuple[str, tuple[str, ...]] | None:
@@ -289,7 +313,7 @@ class SQLProvider(DatabaseProvider):
                     [{"dataset": dataset, **record.model_dump()} for record in records],
                 )
         except (exc.DBAPIError, OSError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
 
     async def _select_in_chunks(
         self, statement: Any, dataset: str, ids: Sequence[str]
@@ -303,7 +327,7 @@ class SQLProvider(DatabaseProvider):
                     names = result.keys()
                     found += [dict(zip(names, row, strict=True)) for row in result]
         except (exc.DBAPIError, OSError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         return found
 
     async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
@@ -339,7 +363,7 @@ class SQLProvider(DatabaseProvider):
                         for row in rows
                     ]
         except (exc.DBAPIError, OSError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         return found
 
     async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
@@ -351,5 +375,5 @@ class SQLProvider(DatabaseProvider):
                     result = await connection.execute(RecordStatements.delete(dataset, chunk))
                     removed += result.rowcount
         except (exc.DBAPIError, OSError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         return removed

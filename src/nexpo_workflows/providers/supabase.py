@@ -27,6 +27,7 @@ from nexpo_workflows.providers.base import (
     DatabaseProvider,
     DatasetRecord,
     DuplicateEmailError,
+    InvalidRecordError,
     ProviderUnavailableError,
     RecordVersion,
     UserRecord,
@@ -55,6 +56,10 @@ GRANT ALL ON {records} TO service_role;
 """
 
 UNIQUE_VIOLATION = "23505"
+# PostgreSQL's class 22 "data exception" (a NUL character in text or jsonb, a value too long)
+# and the integrity errors other than a duplicate that a record itself causes: final.
+DATA_EXCEPTION_CLASS = "22"
+RECORD_REFUSED_CODES = frozenset({"23502", "23514"})
 # PostgreSQL's "undefined table", and PostgREST's own code for a table not in its schema cache.
 UNDEFINED_TABLE_CODES = frozenset({"42P01", "PGRST205"})
 # An invalid or expired JWT, or a role without rights on the table (an anon key, say).
@@ -168,6 +173,17 @@ class SupabaseProvider(DatabaseProvider):
             detail = f"{type(error).__name__}: {text}" if text else type(error).__name__
         return ProviderUnavailableError(f"{self.name}: {detail}")
 
+    def _classified(
+        self, error: APIError | httpx.TransportError
+    ) -> InvalidRecordError | ProviderUnavailableError:
+        """A record PostgreSQL refuses is the caller's and final; anything else may pass."""
+        if isinstance(error, APIError) and (
+            (error.code or "").startswith(DATA_EXCEPTION_CLASS)
+            or error.code in RECORD_REFUSED_CODES
+        ):
+            return InvalidRecordError(f"{self.name}: {error.message or 'refused'} ({error.code})")
+        return self._unavailable(error)
+
     async def _probe(self, client: AsyncClient) -> None:
         try:
             await client.table(self.table).select("id").limit(1).execute()
@@ -195,10 +211,10 @@ class SupabaseProvider(DatabaseProvider):
             return
         except APIError as error:
             if error.code != UNIQUE_VIOLATION:
-                raise self._unavailable(error) from error
+                raise self._classified(error) from error
             # the id or the email exists: ours (a retry) or somebody else's
         except httpx.TransportError as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         if await self.get_user(user.id) is None:
             raise DuplicateEmailError(f"{self.name}: a user with email {user.email} exists")
 
@@ -207,7 +223,7 @@ class SupabaseProvider(DatabaseProvider):
         try:
             response = await client.table(self.table).select(_COLUMNS).eq("id", user_id).execute()
         except (APIError, httpx.TransportError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         if not response.data:
             return None
         return UserRecord.model_validate(response.data[0])
@@ -223,7 +239,7 @@ class SupabaseProvider(DatabaseProvider):
                 .execute()
             )
         except (APIError, httpx.TransportError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         return bool(response.data)
 
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
@@ -240,7 +256,7 @@ class SupabaseProvider(DatabaseProvider):
                 .execute()
             )
         except (APIError, httpx.TransportError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
 
     async def _select_records(self, dataset: str, ids: Sequence[str], columns: str) -> list[JSON]:
         client = await self._ready_client()
@@ -256,7 +272,7 @@ class SupabaseProvider(DatabaseProvider):
                 )
                 found += response.data
         except (APIError, httpx.TransportError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         return found
 
     async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
@@ -282,5 +298,5 @@ class SupabaseProvider(DatabaseProvider):
                 )
                 removed += response.count or 0
         except (APIError, httpx.TransportError) as error:
-            raise self._unavailable(error) from error
+            raise self._classified(error) from error
         return removed

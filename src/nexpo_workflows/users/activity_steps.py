@@ -34,6 +34,10 @@ from nexpo_workflows.users.saga import TIMEOUT_KIND, StepFailedError
 from nexpo_workflows.users.steps import STEP_RETRY
 
 
+def _step_failed(error: ApplicationError) -> StepFailedError:
+    return StepFailedError(error.type or "ApplicationError", error.message)
+
+
 class ActivitySteps:
     """``SagaSteps`` as Temporal activities (or local activities, by the plan's step mode)."""
 
@@ -80,8 +84,12 @@ class ActivitySteps:
                     TIMEOUT_KIND, f"not done by the saga's deadline{last}"
                 ) from error
             if isinstance(cause, ApplicationError):
-                raise StepFailedError(cause.type or "ApplicationError", cause.message) from error
+                raise _step_failed(cause) from error
             raise StepFailedError(type(cause).__name__, str(cause or error)) from error
+        except ApplicationError as error:
+            # A local activity's non-retryable failure arrives unwrapped, without the
+            # ActivityError around it; its type is the step's kind all the same.
+            raise _step_failed(error) from error
 
     async def create(self, step: ProviderStep, user: UserRecord, time_left: float) -> None:
         await self._execute(

@@ -9,35 +9,91 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, field_validator
 from pydantic.alias_generators import to_camel
-from temporalio.client import Client, WorkflowHandle
+from pydantic_core import to_json
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
+from nexpo_workflows.providers import DatabaseProvider
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.datasets import USERS_TABLE
 from nexpo_workflows.sync.erasure import EraseCopiesInput, erase_copies
+from nexpo_workflows.users.idempotency import (
+    IdempotencyKeyConflictError,
+    IdempotencyKeyReusedError,
+    IdempotencyKeys,
+    request_fingerprint,
+)
 from nexpo_workflows.users.models import (
     OffboardingInput,
     OnboardingInput,
     SagaOptions,
+    SagaPlan,
     SagaResult,
     SagaStatus,
 )
 from nexpo_workflows.users.saga import offboard, onboard
-from nexpo_workflows.users.steps import InProcessSteps, UserSteps, plan_saga
+from nexpo_workflows.users.steps import (
+    MAX_DELAY_SECONDS,
+    InProcessSteps,
+    UserSteps,
+    plan_saga,
+)
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
 
 _hasher = PasswordHasher()  # Argon2id with the library's current recommended parameters
 _IDEMPOTENCY_MEMO = "idempotency_key_sha256"
-_KEY_NAMESPACE = uuid.UUID("4f3b1d7e-2a35-4c59-9a0e-6f1f7c1c9b2d")
+_REQUEST_MEMO = "request_sha256"
+
+
+# What one of the supported databases refuses, checked at the edge so that such input is a
+# 422 naming its field and never reaches a database: PostgreSQL text and jsonb cannot hold a
+# NUL character (nor can a MongoDB field name), MongoDB stores integers of at most 8 bytes and
+# nests documents at most 100 deep, PostgreSQL's JSON has no NaN or Infinity, and a Cosmos DB
+# item is at most 2 MB. The lengths of the other fields are their columns' sizes.
+PROFILE_MAX_DEPTH = 32
+PROFILE_MAX_BYTES = 64 * 1024
+_INT64 = range(-(2**63), 2**63)
+
+
+def _storable_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _check_storable(value: Any, depth: int) -> None:
+    """Raise ValueError for the first part of a JSON value some database cannot store."""
+    if depth > PROFILE_MAX_DEPTH:
+        raise ValueError(f"must not nest deeper than {PROFILE_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        _storable_text(value)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if value not in _INT64:
+            raise ValueError("integers must fit in 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable_text(key)
+            _check_storable(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(item, depth + 1)
 
 
 class CreateUserRequest(BaseModel):
@@ -51,7 +107,17 @@ class CreateUserRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
-        return value.strip()
+        return _storable_text(value.strip())
+
+    @field_validator("profile")
+    @classmethod
+    def _storable_everywhere(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        _check_storable(value, 1)
+        if len(to_json(value)) > PROFILE_MAX_BYTES:
+            raise ValueError(f"must be at most {PROFILE_MAX_BYTES} bytes as JSON")
+        return value
 
 
 class UserView(BaseModel):
@@ -103,6 +169,24 @@ async def hash_password(password: SecretStr) -> str:
     return await asyncio.to_thread(_hasher.hash, password.get_secret_value())
 
 
+async def password_matches(password_hash: str, password: SecretStr) -> bool:
+    try:
+        return await asyncio.to_thread(_hasher.verify, password_hash, password.get_secret_value())
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def fingerprint(request: CreateUserRequest) -> str:
+    return request_fingerprint(request.email, request.name, request.profile)
+
+
+def in_process_saga_bound(plan: SagaPlan) -> timedelta:
+    """How long an in-process saga can last at most: its deadline, then every compensation
+    with all its attempts (each a step's timeout and the longest back-off)."""
+    compensation = plan.compensation_attempts * (plan.step_timeout_seconds + MAX_DELAY_SECONDS)
+    return timedelta(seconds=plan.timeout_seconds + compensation * len(plan.steps))
+
+
 @dataclass
 class UserService:
     services: Services
@@ -122,44 +206,124 @@ class UserService:
     async def start_onboarding(
         self, request: CreateUserRequest, idempotency_key: str | None
     ) -> WorkflowHandle[Any, SagaResult]:
-        """Start the saga (one per email). Raise AlreadyOnboardingError unless the existing
-        one was started with the same idempotency key, in which case it is returned."""
+        """Start the saga of this email, unless one is under way or its user exists (then
+        AlreadyOnboardingError, or that saga's handle for a retry with the same key and
+        request). An email whose user has been offboarded registers again: a new run under
+        the same workflow id, so that two onboardings of one email still conflict."""
         assert self.client is not None
         workflow_id = onboarding_workflow_id(request.email)
-        memo = {_IDEMPOTENCY_MEMO: _digest(idempotency_key)} if idempotency_key else None
-        try:
-            return await self.client.start_workflow(
-                UserOnboardingWorkflow.run,
-                await self._onboarding_input(request, None),
-                id=workflow_id,
-                task_queue=self.services.settings.temporal_task_queue,
-                # A rolled-back saga may be tried again; a running or finished one may not.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                memo=memo,
-            )
-        except WorkflowAlreadyStartedError:
-            handle = self.client.get_workflow_handle_for(UserOnboardingWorkflow.run, workflow_id)
-            if memo is not None:
-                existing = await (await handle.describe()).memo()
-                if existing.get(_IDEMPOTENCY_MEMO) == memo[_IDEMPOTENCY_MEMO]:
+        memo = {_REQUEST_MEMO: fingerprint(request)}
+        if idempotency_key:
+            memo[_IDEMPOTENCY_MEMO] = _digest(idempotency_key)
+        input = await self._onboarding_input(request, None)
+        handle = self.client.get_workflow_handle_for(UserOnboardingWorkflow.run, workflow_id)
+        # A first onboarding, or one after a failed run, starts without a look first; after
+        # a completed run, only once its user is gone (FAIL still refuses a run under way).
+        for reuse in (
+            WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        ):
+            try:
+                return await self.client.start_workflow(
+                    UserOnboardingWorkflow.run,
+                    input,
+                    id=workflow_id,
+                    task_queue=self.services.settings.temporal_task_queue,
+                    id_reuse_policy=reuse,
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    memo=memo,
+                )
+            except WorkflowAlreadyStartedError:
+                if await self._holds_the_email(handle, memo):
                     return handle
-            raise AlreadyOnboardingError(workflow_id) from None
+        raise AlreadyOnboardingError(workflow_id)
+
+    async def _holds_the_email(
+        self, handle: WorkflowHandle[Any, SagaResult], memo: dict[str, str]
+    ) -> bool:
+        """Whether the email's latest onboarding is this request's (True: join it). Raise
+        AlreadyOnboardingError if it is another's and is under way or its user exists,
+        IdempotencyKeyReusedError if it carries this key with another request; False when
+        there is none, it failed, or its user has been offboarded since."""
+        try:
+            description = await handle.describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        state = description.status
+        if state is WorkflowExecutionStatus.COMPLETED:
+            created = await handle.result(follow_runs=False)
+            if await self.get(created.user_id) is None:
+                return False  # offboarded: the email is free again
+        elif state is not WorkflowExecutionStatus.RUNNING:
+            return False  # failed, cancelled, terminated: every write was undone
+        held = await description.memo()
+        key = memo.get(_IDEMPOTENCY_MEMO)
+        if key is None or held.get(_IDEMPOTENCY_MEMO) != key:
+            raise AlreadyOnboardingError(handle.id)
+        # Runs started before requests were fingerprinted have none to compare.
+        if held.get(_REQUEST_MEMO, memo[_REQUEST_MEMO]) != memo[_REQUEST_MEMO]:
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used with another request "
+                "(name or profile differ); use a new key"
+            )
+        return True
+
+    def _in_process_plan(self) -> SagaPlan:
+        return plan_saga(self.services.settings, list(self.services.providers), SagaOptions())
 
     async def onboard_in_process(
         self, request: CreateUserRequest, idempotency_key: str | None
     ) -> SagaResult:
-        """The same saga without Temporal; a retried key rewrites the same record."""
-        user_id = str(uuid.uuid5(_KEY_NAMESPACE, idempotency_key)) if idempotency_key else None
+        """The same saga without Temporal. A key is bound to its request (see
+        idempotency.py): the same request gets the user its first saga created."""
+        plan = self._in_process_plan()
+        if idempotency_key is None:
+            return await self._onboard_in_process(request, str(uuid.uuid4()), plan)
+        keys = IdempotencyKeys(
+            self.services.providers[plan.steps[0].provider], in_process_saga_bound(plan)
+        )
+        claim = await keys.claim(idempotency_key, fingerprint(request))
+        if claim.state.result is not None:
+            await self._check_replay(keys.store, claim.state.result, request)
+            return claim.state.result
+        try:
+            result = await self._onboard_in_process(request, claim.state.user_id, plan)
+        except SagaFailedError:
+            await keys.release(claim)
+            raise
+        await keys.complete(claim, result)
+        return result
+
+    async def _onboard_in_process(
+        self, request: CreateUserRequest, user_id: str, plan: SagaPlan
+    ) -> SagaResult:
         input = await self._onboarding_input(request, user_id)
-        settings = self.services.settings
-        plan = plan_saga(settings, list(self.services.providers), SagaOptions())
-        user = input.to_record(str(uuid.uuid4()), datetime.now(UTC))
+        user = input.to_record(user_id, datetime.now(UTC))
         steps = InProcessSteps(UserSteps(self.services.providers), plan)
         result = await onboard(plan, user, steps)
         if result.status is not SagaStatus.COMPLETED:
             raise SagaFailedError(result)
         return result
+
+    @staticmethod
+    async def _check_replay(
+        store: DatabaseProvider, result: SagaResult, request: CreateUserRequest
+    ) -> None:
+        """The stored outcome is this request's only if its user is still there and the
+        password is the one it was created with."""
+        record = await store.get_user(result.user_id)
+        if record is None:
+            raise IdempotencyKeyConflictError(
+                f"user {result.user_id}, created with this Idempotency-Key, has been deleted "
+                "since; use a new key to create the user again"
+            )
+        if not await password_matches(record.password_hash, request.password):
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used with another request (the password differs); "
+                "use a new key"
+            )
 
     async def start_offboarding(self, user_id: str) -> WorkflowHandle[Any, SagaResult]:
         assert self.client is not None
@@ -173,7 +337,7 @@ class UserService:
         )
 
     async def offboard_in_process(self, user_id: str) -> SagaResult:
-        plan = plan_saga(self.services.settings, list(self.services.providers), SagaOptions())
+        plan = self._in_process_plan()
         steps = InProcessSteps(UserSteps(self.services.providers), plan)
         result = await offboard(plan, user_id, steps)
         if result.status is not SagaStatus.COMPLETED:

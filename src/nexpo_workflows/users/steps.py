@@ -21,6 +21,7 @@ from nexpo_workflows.providers import (
     PROVIDERS,
     DatabaseProvider,
     DuplicateEmailError,
+    InvalidRecordError,
     ProviderUnavailableError,
     UserRecord,
 )
@@ -41,13 +42,15 @@ T = TypeVar("T")
 DUPLICATE_EMAIL = "DuplicateEmail"
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 UNKNOWN_PROVIDER = "UnknownProvider"
+# A database refused the record's content: the caller's input, answered 422 / exit 2.
+INVALID_INPUT = "InvalidInput"
 
-NON_RETRYABLE = (DUPLICATE_EMAIL, UNKNOWN_PROVIDER)
-_MAX_DELAY_SECONDS = 5.0
+NON_RETRYABLE = (DUPLICATE_EMAIL, UNKNOWN_PROVIDER, INVALID_INPUT)
+MAX_DELAY_SECONDS = 5.0
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=_MAX_DELAY_SECONDS),
+    maximum_interval=timedelta(seconds=MAX_DELAY_SECONDS),
     non_retryable_error_types=list(NON_RETRYABLE),
 )
 
@@ -97,6 +100,8 @@ class UserSteps:
             return await call(self._provider(name))
         except DuplicateEmailError as error:
             raise StepFailedError(DUPLICATE_EMAIL, str(error)) from error
+        except InvalidRecordError as error:
+            raise StepFailedError(INVALID_INPUT, str(error)) from error
         except ProviderUnavailableError as error:
             raise StepFailedError(PROVIDER_UNAVAILABLE, str(error)) from error
 
@@ -194,7 +199,7 @@ class InProcessSteps:
                 raise error
             attempt += 1
             await asyncio.sleep(delay)
-            delay = min(delay * STEP_RETRY.backoff_coefficient, _MAX_DELAY_SECONDS)
+            delay = min(delay * STEP_RETRY.backoff_coefficient, MAX_DELAY_SECONDS)
 
     async def create(self, step: ProviderStep, user: UserRecord, time_left: float) -> None:
         try:

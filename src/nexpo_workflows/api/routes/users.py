@@ -8,6 +8,10 @@ from fastapi import APIRouter, Header, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 
 from nexpo_workflows.api.deps import StateDep
+from nexpo_workflows.users.idempotency import (
+    IdempotencyKeyConflictError,
+    IdempotencyKeyReusedError,
+)
 from nexpo_workflows.users.models import SagaResult
 from nexpo_workflows.users.service import (
     AlreadyOnboardingError,
@@ -17,7 +21,7 @@ from nexpo_workflows.users.service import (
     UserView,
     WorkflowAccepted,
 )
-from nexpo_workflows.users.steps import DUPLICATE_EMAIL
+from nexpo_workflows.users.steps import DUPLICATE_EMAIL, INVALID_INPUT
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 
@@ -28,12 +32,20 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=255,
-        description="Repeat a request with the same key and email to get the same saga.",
+        description="Repeat a request with the same key and body to get the same outcome; "
+        "the same key with another body is refused (422).",
     ),
 ]
 
 _FAILURE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    409: {"description": "This email is taken or already being onboarded"},
+    409: {
+        "description": "This email is taken or already being onboarded, or the request with "
+        "this Idempotency-Key is under way or its user was deleted since"
+    },
+    422: {
+        "description": "Invalid input (a database refused it: every write was undone), or "
+        "an Idempotency-Key already used with another request"
+    },
     503: {"description": "A database could not be written; every write was undone"},
 }
 
@@ -46,10 +58,16 @@ def _accepted(request: Request, workflow_id: str) -> JSONResponse:
     return JSONResponse(body.model_dump(by_alias=True), status_code=status.HTTP_202_ACCEPTED)
 
 
+# The saga's failures that are the caller's, by kind; any other is a database's (503).
+_CALLER_FAILURES = {
+    DUPLICATE_EMAIL: status.HTTP_409_CONFLICT,
+    INVALID_INPUT: status.HTTP_422_UNPROCESSABLE_CONTENT,
+}
+
+
 def _saga_failure(error: SagaFailedError) -> HTTPException:
-    duplicate = error.result.failure_kind == DUPLICATE_EMAIL
     return HTTPException(
-        status.HTTP_409_CONFLICT if duplicate else status.HTTP_503_SERVICE_UNAVAILABLE,
+        _CALLER_FAILURES.get(error.result.failure_kind or "", status.HTTP_503_SERVICE_UNAVAILABLE),
         {"message": str(error), "result": error.result.model_dump(mode="json")},
     )
 
@@ -72,17 +90,20 @@ async def create_user(
     same saga in this process (not durable) and answers 201 with the user.
     """
     users = UserService(state.services, state.client)
-    if state.client is not None:
-        try:
-            handle = await users.start_onboarding(body, idempotency_key)
-        except AlreadyOnboardingError as error:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                {"message": str(error), "workflowId": error.workflow_id},
-            ) from None
-        return _accepted(request, handle.id)
     try:
+        if state.client is not None:
+            handle = await users.start_onboarding(body, idempotency_key)
+            return _accepted(request, handle.id)
         result = await users.onboard_in_process(body, idempotency_key)
+    except AlreadyOnboardingError as error:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            {"message": str(error), "workflowId": error.workflow_id},
+        ) from None
+    except IdempotencyKeyReusedError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    except IdempotencyKeyConflictError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     except SagaFailedError as error:
         raise _saga_failure(error) from None
     return await users.get(result.user_id)
