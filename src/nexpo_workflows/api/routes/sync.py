@@ -11,7 +11,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
 
 from nexpo_workflows.api.deps import ClientDep, StateDep
 from nexpo_workflows.api.routes.cloud import accepted
-from nexpo_workflows.providers import ProviderUnavailableError
 from nexpo_workflows.sync.capture import CaptureRefusedError
 from nexpo_workflows.sync.datasets import DatasetConfigError, UnknownDatasetError
 from nexpo_workflows.sync.models import DATASET_NAME_PATTERN, SyncInput
@@ -69,15 +68,14 @@ class ScheduleRequest(BaseModel):
 async def _answer(call: Awaitable[T]) -> T:
     """The outcome of a sync operation, its refusals as 404 and 409 (a dataset this
     configuration cannot run, a source its change log cannot capture, or a run going on), and
-    503 when the source cannot be asked."""
+    503 when the source cannot be asked (the gateway's one mapping of unavailable
+    dependencies answers it)."""
     try:
         return await call
     except (UnknownDatasetError, ScheduleNotFoundError) as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except (DatasetConfigError, CaptureRefusedError) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, {"message": str(error)}) from None
-    except ProviderUnavailableError as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
     except SyncAlreadyRunningError as error:
         raise HTTPException(
             status.HTTP_409_CONFLICT, {"message": str(error), "workflowId": error.workflow_id}
