@@ -7,6 +7,7 @@ replication slot is read in ``pg_replication_slots`` directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.service import RPCError
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
@@ -251,9 +253,12 @@ async def test_a_worker_killed_between_a_target_write_and_the_slot_confirmation(
         if not sync_settings.sqlite_file.exists():
             return 0  # the target is created by its first write
         with sqlite3.connect(sync_settings.sqlite_file) as db:
-            (count,) = db.execute(
-                "SELECT count(*) FROM nexpo_records WHERE dataset = ?", (DATASET,)
-            ).fetchone()
+            try:
+                (count,) = db.execute(
+                    "SELECT count(*) FROM nexpo_records WHERE dataset = ?", (DATASET,)
+                ).fetchone()
+            except sqlite3.OperationalError:
+                return 0  # the worker is creating the schema
         return int(count)
 
     handle = await client.start_workflow(
@@ -262,22 +267,26 @@ async def test_a_worker_killed_between_a_target_write_and_the_slot_confirmation(
         id=sync_workflow_id(DATASET),
         task_queue=sync_settings.temporal_task_queue,
     )
-    async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="doomed") as doomed:
+    try:
+        async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="doomed") as doomed:
 
-        def confirmed_rows(confirmed: int) -> int:
-            return 50 * sum(end <= confirmed for end in commits)
+            def confirmed_rows(confirmed: int) -> int:
+                return 50 * sum(end <= confirmed for end in commits)
 
-        async def written_not_confirmed() -> int | None:
-            confirmed, _ = await slot(source_url)
-            return confirmed if synced_rows() > confirmed_rows(confirmed) else None
+            async def written_not_confirmed() -> int | None:
+                confirmed, _ = await slot(source_url)
+                return confirmed if synced_rows() > confirmed_rows(confirmed) else None
 
-        await eventually(written_not_confirmed, 60)
-        doomed.send_signal(signal.SIGKILL)
-        await doomed.wait()
-    confirmed, _ = await slot(source_url)
-    assert synced_rows() > confirmed_rows(confirmed)  # killed between the write and the confirm
-    async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="rescuer"):
-        result: SyncResult = await asyncio.wait_for(handle.result(), 120)
+            await eventually(written_not_confirmed, 60)
+            doomed.send_signal(signal.SIGKILL)
+            await doomed.wait()
+        confirmed, _ = await slot(source_url)
+        assert synced_rows() > confirmed_rows(confirmed)  # killed between the write and the confirm
+        async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="rescuer"):
+            result: SyncResult = await asyncio.wait_for(handle.result(), 120)
+    finally:
+        with contextlib.suppress(RPCError):  # done already: nothing to stop
+            await handle.terminate("test over")
     assert result.progress.rows_synced == 1000
     await assert_targets_equal_source(sync_settings, source)
     with sqlite3.connect(sync_settings.sqlite_file) as db:
