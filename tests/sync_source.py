@@ -109,16 +109,24 @@ class Source:
         }
 
 
-def sync_worker_env(cli_env: dict[str, str], settings: Settings, batch_size: int) -> dict[str, str]:
-    """The environment of a worker process that syncs the items of ``settings``."""
+def sync_env(cli_env: dict[str, str], settings: Settings, source_url: str) -> dict[str, str]:
+    """The environment of a CLI process that syncs the items of ``settings``."""
+    datasets = [d.model_dump(mode="json", by_alias=True) for d in settings.sync_datasets]
     return {
         **cli_env,
         "ENABLE_POSTGRES": "true",
-        "POSTGRES_URL": settings.postgres_url.get_secret_value(),
+        "POSTGRES_URL": source_url,
         "ENABLE_SQLITE": "true",
         "SQLITE_PATH": str(settings.sqlite_file),
+        "SYNC_DATASETS": json.dumps(datasets),
+    }
+
+
+def sync_worker_env(cli_env: dict[str, str], settings: Settings, batch_size: int) -> dict[str, str]:
+    """The environment of a worker process that syncs the items of ``settings``."""
+    return {
+        **sync_env(cli_env, settings, settings.postgres_url.get_secret_value()),
         "SYNC_BATCH_SIZE": str(batch_size),
-        "SYNC_DATASETS": json.dumps([d.model_dump(by_alias=True) for d in settings.sync_datasets]),
         # The tests' package (the schema), before whatever the session runs on.
         "PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).parents[1]), cli_env.get("PYTHONPATH", "")]

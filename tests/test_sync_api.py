@@ -42,6 +42,7 @@ from tests.sync_source import (
     Source,
     assert_targets_equal_source,
     eventually,
+    sync_env,
 )
 
 
@@ -287,18 +288,6 @@ async def test_a_triggered_schedule_syncs_and_skips_while_a_run_goes_on(
         await eventually(a_new_start), result_type=SyncResult
     ).result()
     assert skipped.status is SyncStatus.SKIPPED
-
-
-def sync_env(cli_env: dict[str, str], settings: Settings, source_url: str) -> dict[str, str]:
-    datasets = [d.model_dump(mode="json", by_alias=True) for d in settings.sync_datasets]
-    return {
-        **cli_env,
-        "ENABLE_POSTGRES": "true",
-        "POSTGRES_URL": source_url,
-        "ENABLE_SQLITE": "true",
-        "SQLITE_PATH": str(settings.sqlite_file),
-        "SYNC_DATASETS": json.dumps(datasets),
-    }
 
 
 async def test_sync_run_follows_the_run_and_prints_its_counts(
