@@ -135,7 +135,9 @@ class AzureBlobStore(ObjectStore):
         container = await self._ready_container()
         with self._reporting_unavailable():
             try:
-                await container.get_container_properties()
+                # One attempt, as the other stores' pings: a probe must answer "down" at once,
+                # not after the SDK's retries have used up the probe's time.
+                await container.get_container_properties(retry_total=0)
             except ResourceNotFoundError:
                 raise StoreUnavailableError(
                     f"{self.name}: container {self.container!r} does not exist"
