@@ -124,6 +124,17 @@ class Settings(BaseSettings):
     # For an emulator (fake-gcs-server); empty = Google Cloud Storage.
     gcs_endpoint_url: str | None = None
 
+    # --- Store pair -----------------------------------------------------------------------
+    # Two stores (registry names, e.g. s3 and azure) behind the one store name "pair": reads
+    # and writes go to the side that the routing record of STORE_PAIR_SERVICE names active
+    # (the primary until a failover monitor of that service switches), re-read every
+    # STORE_PAIR_REFRESH_SECONDS and after a failure.
+    enable_store_pair: bool = False
+    store_pair_primary: str | None = None
+    store_pair_secondary: str | None = None
+    store_pair_service: str = Field(default="store-pair", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    store_pair_refresh_seconds: float = Field(default=5.0, gt=0, le=300)
+
     # --- Failover monitor ------------------------------------------------------------------
     # The hosts a monitor's URL targets may name (exact names, comma-separated); empty: URL
     # targets are refused, only store targets are probed.

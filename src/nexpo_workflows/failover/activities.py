@@ -11,14 +11,50 @@ from temporalio.exceptions import ApplicationError
 
 from nexpo_workflows.failover.models import (
     PROBE_TARGET_REFUSED,
+    ChannelsInput,
     NotifyInput,
     ProbeInput,
     ProbeResult,
+    ReconcileInput,
+    ReconcileReport,
     RoutingRecord,
 )
 from nexpo_workflows.failover.probes import Prober
 from nexpo_workflows.failover.routing import RoutingTable, routing_store
+from nexpo_workflows.notify.base import Notification
+from nexpo_workflows.notify.delivery import NOTIFICATION_REJECTED, deliver
 from nexpo_workflows.services import Services
+from nexpo_workflows.storage.pair import StorePair
+
+
+def switch_notification(input: NotifyInput) -> Notification:
+    """What people and receivers are told of one switch; built from the recorded switch
+    alone, so every retry and channel sends the same notification under the same id."""
+    record = input.record
+    return Notification(
+        id=record.transition_id,
+        event="failover.switched",
+        subject=(
+            f"{record.service}: {input.previous_side} -> {record.active_side} "
+            f"(epoch {record.epoch})"
+        ),
+        body=(
+            f"{record.service} now runs on its {record.active_side} "
+            f"(was {input.previous_side}) since {record.since.isoformat()}.\n"
+            f"Reason: {record.reason}\n"
+            f"Epoch: {record.epoch}\n"
+            f"Monitor: {record.workflow_id or '-'}\n"
+        ),
+        data={
+            "service": record.service,
+            "previous_side": str(input.previous_side),
+            "active_side": str(record.active_side),
+            "epoch": record.epoch,
+            "since": record.since.isoformat(),
+            "reason": record.reason,
+            "workflow_id": record.workflow_id,
+        },
+    )
 
 
 class FailoverActivities:
@@ -29,6 +65,7 @@ class FailoverActivities:
         self._http = httpx.AsyncClient()
         self._prober = Prober(self._stores, self._http)
         self._allowed_hosts = services.settings.failover_probe_allowed_hosts
+        self._notifiers = services.notifiers
 
     @activity.defn(name="probe_target")
     async def probe_target(self, input: ProbeInput) -> ProbeResult:
@@ -43,19 +80,55 @@ class FailoverActivities:
         # Chosen when first needed: a worker without stores runs every other workflow.
         await RoutingTable(routing_store(self._stores)).write(record)
 
+    @activity.defn(name="failover_channels")
+    async def failover_channels(self, input: ChannelsInput) -> list[str]:
+        """The notifier channels a switch is announced on (the log alone when none is set)."""
+        return list(self._notifiers)
+
     @activity.defn(name="notify_failover")
     async def notify_failover(self, input: NotifyInput) -> None:
         record = input.record
-        activity.logger.warning(
-            "failover: %s switched from %s to %s: %s",
-            record.service,
-            input.previous_side,
-            record.active_side,
-            record.reason,
-        )
+        if input.channel is None:
+            activity.logger.warning(
+                "failover: %s switched from %s to %s: %s",
+                record.service,
+                input.previous_side,
+                record.active_side,
+                record.reason,
+            )
+            return
+        try:
+            notifier = self._notifiers[input.channel]
+        except KeyError:
+            raise ApplicationError(
+                f"channel {input.channel} is not enabled on this worker",
+                type=NOTIFICATION_REJECTED,
+                non_retryable=True,
+            ) from None
+        await deliver(notifier, switch_notification(input))
+
+    @activity.defn(name="reconcile_store_pair")
+    async def reconcile_store_pair(self, input: ReconcileInput) -> ReconcileReport:
+        """After a failback: copy back to the primary what the store pairs bound to this
+        service took on their secondary meanwhile (none bound: nothing to do)."""
+        report = ReconcileReport()
+        for name, store in self._stores.items():
+            if isinstance(store, StorePair) and store.service == input.service:
+                done = await store.reconcile(progress=activity.heartbeat)
+                report.pairs.append(name)
+                report.copied += done.copied
+                report.deleted += done.deleted
+                report.already_present += done.already_present
+        return report
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.probe_target, self.record_active_side, self.notify_failover]
+        return [
+            self.probe_target,
+            self.record_active_side,
+            self.failover_channels,
+            self.notify_failover,
+            self.reconcile_store_pair,
+        ]
 
     async def close(self) -> None:
         """Release the HTTP client (the stores belong to the services)."""

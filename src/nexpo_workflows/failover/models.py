@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Self
 
@@ -75,10 +75,16 @@ class FailoverCarry(BaseModel):
     # Set by an operator's ``hold``: no automatic switch until ``release``.
     held: bool = False
     hold_reason: str | None = None
+    # Switches so far: the routing record's epoch, and the id of each switch's notification.
+    epoch: int = Field(default=0, ge=0)
+    # Set by a failback: the writes the store pairs of this service took on the secondary
+    # are still to be copied back to the primary.
+    reconcile_pending: bool = False
 
 
 class FailoverInput(BaseModel):
-    service: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    # Bounded so that a switch's notification id stays within a notification's.
+    service: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
     primary: ProbeTarget
     secondary: ProbeTarget
     probe_interval_seconds: float = Field(
@@ -105,6 +111,8 @@ class FailoverState(BaseModel):
     total_rounds: int
     held: bool = False
     hold_reason: str | None = None
+    epoch: int = 0
+    reconcile_pending: bool = False
 
 
 class SetActiveSideInput(BaseModel):
@@ -112,6 +120,9 @@ class SetActiveSideInput(BaseModel):
     # clear message rather than failing to decode.
     side: str
     reason: str
+    # Hold the side moved to (e.g. a manual promotion) in the same step: no automatic
+    # failback until ``release``.
+    hold: bool = False
 
 
 class HoldInput(BaseModel):
@@ -132,8 +143,38 @@ class RoutingRecord(BaseModel):
     since: datetime
     reason: str
     workflow_id: str | None = None
+    # One more on each switch; readers of several copies of the record take the latest.
+    epoch: int = Field(default=0, ge=0)
+
+    @property
+    def transition_id(self) -> str:
+        """The id of this switch's notification: the same on every retry and channel, so a
+        receiver can drop duplicates. With the time of the switch, because a monitor started
+        again counts its epochs from 0 again, and its switches are new ones."""
+        return f"failover-{self.service}-{self.epoch}-{self.since.astimezone(UTC):%Y%m%dT%H%M%S%fZ}"
 
 
 class NotifyInput(BaseModel):
     record: RoutingRecord
     previous_side: Side
+    # The notifier channel to send on; None (runs from before channels): a log line only.
+    channel: str | None = None
+
+
+class ChannelsInput(BaseModel):
+    """Which service's switch is to be announced (channels are the worker's, for any)."""
+
+    service: str
+
+
+class ReconcileInput(BaseModel):
+    service: str
+
+
+class ReconcileReport(BaseModel):
+    """What a reconcile pass of the store pairs bound to a service did."""
+
+    pairs: list[str] = Field(default_factory=list)
+    copied: int = Field(default=0, ge=0)
+    deleted: int = Field(default=0, ge=0)
+    already_present: int = Field(default=0, ge=0)

@@ -16,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from nexpo_workflows.failover.activities import FailoverActivities
     from nexpo_workflows.failover.models import (
         PROBE_TARGET_REFUSED,
+        ChannelsInput,
         FailoverCarry,
         FailoverInput,
         FailoverState,
@@ -23,10 +24,12 @@ with workflow.unsafe.imports_passed_through():
         NotifyInput,
         ProbeInput,
         ProbeResult,
+        ReconcileInput,
         RoutingRecord,
         SetActiveSideInput,
         Side,
     )
+    from nexpo_workflows.notify.delivery import send_on_each_channel
 
 RECORD_NOT_WRITTEN = "RoutingRecordNotWritten"
 # The probe reports a dead target as data; a retry only covers a lost task or a worker restart.
@@ -39,6 +42,15 @@ _RECORD_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=5),
 )
 _NOTIFY_RETRY = RetryPolicy(maximum_attempts=3)
+# Bounded: a primary that fails again during the pass leaves it to the round after the next.
+_RECONCILE_RETRY = RetryPolicy(
+    maximum_attempts=3,
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+)
+# Runs recorded before these send one log-line activity per switch, and reconcile nothing.
+NOTIFY_ON_CHANNELS_PATCH = "failover-notify-on-channels"
+RECONCILE_AFTER_FAILBACK_PATCH = "failover-reconcile-after-failback"
 _SIDES = {side.value for side in Side}
 
 
@@ -57,6 +69,8 @@ class FailoverWorkflow:
     async def run(self, input: FailoverInput) -> None:
         while True:
             await self._round()
+            if self._carry.reconcile_pending and self._carry.active_side is Side.PRIMARY:
+                await self._reconcile()
             self._rounds += 1
             self._carry.total_rounds += 1
             # A durable timer that an operator's command cuts short.
@@ -160,6 +174,7 @@ class FailoverWorkflow:
             since=workflow.now(),
             reason=reason,
             workflow_id=workflow.info().workflow_id,
+            epoch=self._carry.epoch + 1,
         )
         await workflow.execute_activity_method(
             FailoverActivities.record_active_side,
@@ -169,17 +184,74 @@ class FailoverWorkflow:
             summary=f"route {self._input.service} to {side}",
         )
         self._carry.active_side = side
+        self._carry.epoch = record.epoch
         self._reset_counters()
+        if side is Side.PRIMARY and workflow.patched(RECONCILE_AFTER_FAILBACK_PATCH):
+            self._carry.reconcile_pending = True
+        await self._announce(record, previous)
+
+    async def _announce(self, record: RoutingRecord, previous: Side) -> None:
+        """One notification per switch on each notifier channel; a lost notice must not undo
+        the switch, which is done and recorded."""
+        if not workflow.patched(NOTIFY_ON_CHANNELS_PATCH):
+            try:
+                await workflow.execute_activity_method(
+                    FailoverActivities.notify_failover,
+                    NotifyInput(record=record, previous_side=previous),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=_NOTIFY_RETRY,
+                )
+            except ActivityError as error:
+                workflow.logger.warning("failover notice not sent: %s", error.cause or error)
+            return
         try:
-            await workflow.execute_activity_method(
-                FailoverActivities.notify_failover,
-                NotifyInput(record=record, previous_side=previous),
-                start_to_close_timeout=timedelta(seconds=30),
+            channels = await workflow.execute_activity_method(
+                FailoverActivities.failover_channels,
+                ChannelsInput(service=record.service),
+                start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=_NOTIFY_RETRY,
             )
         except ActivityError as error:
-            # The switch is done and recorded; a lost notice must not undo it.
             workflow.logger.warning("failover notice not sent: %s", error.cause or error)
+            return
+        # One activity per channel: a retry never sends again on a channel that delivered.
+        await send_on_each_channel(
+            channels,
+            FailoverActivities.notify_failover,
+            lambda channel: NotifyInput(record=record, previous_side=previous, channel=channel),
+            _NOTIFY_RETRY,
+            f"failover notice {record.transition_id}",
+        )
+
+    async def _reconcile(self) -> None:
+        """After a failback: copy back to the primary what the service's store pairs took on
+        the secondary meanwhile. A pass that fails is tried again after the next round."""
+        try:
+            report = await workflow.execute_activity_method(
+                FailoverActivities.reconcile_store_pair,
+                ReconcileInput(service=self._input.service),
+                start_to_close_timeout=timedelta(hours=1),
+                heartbeat_timeout=timedelta(seconds=60),
+                retry_policy=_RECONCILE_RETRY,
+                summary=f"reconcile {self._input.service}",
+            )
+        except ActivityError as error:
+            workflow.logger.warning(
+                "%s: store pairs not reconciled yet: %s",
+                self._input.service,
+                error.cause or error,
+            )
+            return
+        self._carry.reconcile_pending = False
+        if report.pairs:
+            workflow.logger.info(
+                "%s: store pairs %s reconciled: %d copied back, %d deleted, %d already there",
+                self._input.service,
+                report.pairs,
+                report.copied,
+                report.deleted,
+                report.already_present,
+            )
 
     def _reset_counters(self) -> None:
         self._carry.consecutive_failures = 0
@@ -198,6 +270,8 @@ class FailoverWorkflow:
             total_rounds=carry.total_rounds,
             held=carry.held,
             hold_reason=carry.hold_reason,
+            epoch=carry.epoch,
+            reconcile_pending=carry.reconcile_pending,
         )
 
     @workflow.update(name="set_active_side")
@@ -215,6 +289,8 @@ class FailoverWorkflow:
                     ) from error
             else:
                 self._reset_counters()
+            if input.hold:
+                self._hold(input.reason)
         # Probe at once, so the state shows the chosen side's health without a full interval.
         self._wake = True
         return self.state()
@@ -228,9 +304,12 @@ class FailoverWorkflow:
     @workflow.update(name="hold")
     def hold(self, input: HoldInput) -> FailoverState:
         """Keep the active side as it is: no automatic switch until ``release``."""
-        self._carry.held = True
-        self._carry.hold_reason = input.reason.strip()
+        self._hold(input.reason)
         return self.state()
+
+    def _hold(self, reason: str) -> None:
+        self._carry.held = True
+        self._carry.hold_reason = reason.strip()
 
     @workflow.update(name="release")
     def release(self, input: HoldInput) -> FailoverState:

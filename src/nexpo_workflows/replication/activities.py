@@ -17,6 +17,7 @@ from nexpo_workflows.replication.models import (
 )
 from nexpo_workflows.services import Services
 from nexpo_workflows.storage import ChecksumMismatchError, ObjectStore, StoreUnavailableError
+from nexpo_workflows.storage.copying import copy_verified
 
 UNKNOWN_STORE = "UnknownStore"
 SOURCE_MISSING = "SourceMissing"
@@ -57,39 +58,23 @@ class ReplicationActivities:
         Idempotent: a target that already holds the same content is left alone."""
         source, target = self._store(input.source), self._store(input.target)
         try:
-            # Idempotent, and creates a missing bucket (a store restarted empty, say).
-            await source.connect()
-            await target.connect()
-            wanted = await source.head(input.key)
-            if wanted is None:
-                raise ApplicationError(
-                    f"{input.source} has no object {input.key!r}",
-                    type=SOURCE_MISSING,
-                    non_retryable=True,
-                )
-            present = await target.head(input.key)
-            if present is not None and wanted.sha256 and present.sha256 == wanted.sha256:
-                return ReplicaOutcome(
-                    store=input.target,
-                    status=ReplicaStatus.ALREADY_PRESENT,
-                    sha256=present.sha256,
-                    size=present.size,
-                )
-            copied = await target.put(
-                input.key,
-                _with_heartbeats(source.get(input.key)),
-                content_type=wanted.content_type,
+            copied, stored = await copy_verified(
+                source, target, input.key, through=_with_heartbeats
             )
+        except KeyError:
+            raise ApplicationError(
+                f"{input.source} has no object {input.key!r}",
+                type=SOURCE_MISSING,
+                non_retryable=True,
+            ) from None
         except (StoreUnavailableError, ChecksumMismatchError) as error:
             # Retryable: the store may come back, and a corrupted transfer is sent again.
             raise ApplicationError(str(error), type=type(error).__name__) from error
-        if wanted.sha256 and copied.sha256 != wanted.sha256:
-            raise ApplicationError(
-                f"{input.target} received content whose SHA-256 differs from {input.source}'s",
-                type=ChecksumMismatchError.__name__,
-            )
         return ReplicaOutcome(
-            store=input.target, status=ReplicaStatus.COPIED, sha256=copied.sha256, size=copied.size
+            store=input.target,
+            status=ReplicaStatus.COPIED if copied else ReplicaStatus.ALREADY_PRESENT,
+            sha256=stored.sha256,
+            size=stored.size,
         )
 
     def all(self) -> list[Callable[..., Any]]:

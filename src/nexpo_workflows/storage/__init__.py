@@ -31,8 +31,10 @@ class Registration(NamedTuple):
     implementation: str
 
 
-# A new store is one module plus one line here (and its settings).
+# A new store is one module plus one line here (and its settings). The first enabled holds
+# the failover routing records: the pair, when enabled, keeps them on both of its sides.
 STORES: dict[str, Registration] = {
+    "pair": Registration(lambda s: s.enable_store_pair, "pair:StorePair"),
     "s3": Registration(lambda s: s.enable_s3, "s3:S3Store"),
     "azure": Registration(lambda s: s.enable_azure_blob, "azure:AzureBlobStore"),
     "gcs": Registration(lambda s: s.enable_gcs, "gcs:GCSStore"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar, Self
 
 from pydantic import BaseModel, Field
@@ -97,3 +97,8 @@ class ObjectStore(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in key order."""
+
+    def sides(self) -> Sequence[ObjectStore]:
+        """The stores behind this one: itself, or a store pair's primary and secondary. The
+        routing records are written to each, so they can be read while one is down."""
+        return (self,)
