@@ -155,6 +155,15 @@ def make_settings(
 
 
 @pytest.fixture
+def dev_client(temporal_server: TemporalServer) -> Client:
+    """The session's client, for tests that need what the time-skipping server lacks
+    (updates, real time)."""
+    if temporal_server.time_skipping:
+        pytest.skip("the time-skipping server does not support updates")
+    return temporal_server.client
+
+
+@pytest.fixture
 def api_key() -> str:
     return API_KEY
 

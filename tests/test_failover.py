@@ -46,7 +46,7 @@ from nexpo_workflows.services import Services
 from nexpo_workflows.storage import enabled_stores
 from nexpo_workflows.storage.azure import AzureBlobStore
 from nexpo_workflows.worker import build_worker
-from tests.conftest import API_KEY, TemporalServer, run_cli, time_skipping_server
+from tests.conftest import API_KEY, run_cli, time_skipping_server
 from tests.servers import HOST
 from tests.servers.azurite import connection_string, running_azurite
 from tests.servers.s3 import running_s3
@@ -341,13 +341,6 @@ def make_settings(make_settings: Callable[..., Settings]) -> Callable[..., Setti
         return make_settings(**{"failover_probe_allowed_hosts": [HOST], **overrides})
 
     return make
-
-
-@pytest.fixture
-def dev_client(temporal_server: TemporalServer) -> Client:
-    if temporal_server.time_skipping:
-        pytest.skip("the time-skipping server does not support updates")
-    return temporal_server.client
 
 
 async def test_an_http_primary_that_starts_failing_is_replaced(

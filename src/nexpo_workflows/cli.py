@@ -474,32 +474,48 @@ def _update_monitor(service: str, update: str, body: BaseModel, command: str) ->
 
     state = _run(call())
     held = f", held ({state.hold_reason})" if state.held else ""
-    out.print(f"{service}: active side {state.active_side}{held}", soft_wrap=True, highlight=False)
+    out.print(
+        f"{service}: active side {state.active_side}, epoch {state.epoch}{held}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
-def _move(service: str, side: str, reason: str) -> None:
+def _move(service: str, side: str, reason: str, hold: bool) -> None:
     from nexpo_workflows.failover.models import SetActiveSideInput
 
     command = "promote" if side == "secondary" else "failback"
     _update_monitor(
-        service, "set_active_side", SetActiveSideInput(side=side, reason=reason), command
+        service,
+        "set_active_side",
+        SetActiveSideInput(side=side, reason=reason, hold=hold),
+        command,
     )
+
+
+_HOLD_OPTION = typer.Option(
+    False, "--hold", help="Hold the side in the same step: no automatic switch until released."
+)
 
 
 @cloud_app.command("promote")
 def cloud_promote(
-    service: str, reason: str = typer.Option(..., help="Why, for the record.")
+    service: str,
+    reason: str = typer.Option(..., help="Why, for the record."),
+    hold: bool = _HOLD_OPTION,
 ) -> None:
     """Make the secondary the active side now."""
-    _move(service, "secondary", reason)
+    _move(service, "secondary", reason, hold)
 
 
 @cloud_app.command("failback")
 def cloud_failback(
-    service: str, reason: str = typer.Option(..., help="Why, for the record.")
+    service: str,
+    reason: str = typer.Option(..., help="Why, for the record."),
+    hold: bool = _HOLD_OPTION,
 ) -> None:
     """Make the primary the active side now."""
-    _move(service, "primary", reason)
+    _move(service, "primary", reason, hold)
 
 
 @cloud_app.command("hold")

@@ -250,7 +250,8 @@ async def _update_monitor(
 async def set_active_side(
     service: ServicePath, body: SetActiveSideInput, client: ClientDep, state: StateDep
 ) -> FailoverState:
-    """Manual promote (side=secondary) or failback (side=primary), with a reason."""
+    """Manual promote (side=secondary) or failback (side=primary), with a reason; with
+    `hold: true` the side is held in the same step (no automatic switch until released)."""
     return await _update_monitor(service, "set_active_side", body, client, state)
 
 
