@@ -437,6 +437,45 @@ async def failover_promote_then_manual(lab: Lab, workflow_id: str) -> None:
         await handle.terminate("recording done")
 
 
+@case("FailoverWorkflow", "promote_notify_failback_reconcile")
+async def failover_notified_and_reconciled(lab: Lab, workflow_id: str) -> None:
+    """A switch each way, each notified on the worker's channels, and the reconcile pass
+    after the failback (no store pair is bound to the service: an empty pass)."""
+    nowhere = f"http://127.0.0.1:{free_port()}/health"
+    async with lab.worker():
+        handle = await lab.client.start_workflow(
+            FailoverWorkflow.run,
+            FailoverInput(
+                service="ledger",
+                primary=ProbeTarget(url=nowhere),
+                secondary=ProbeTarget(store="local"),
+                probe_interval_seconds=1,
+                probe_timeout_seconds=1,
+                failures_to_promote=2,
+            ),
+            id=workflow_id,
+            task_queue=lab.task_queue,
+        )
+        for _ in range(100):
+            state = await handle.query("state", result_type=FailoverState)
+            if state.active_side == "secondary":
+                break
+            await asyncio.sleep(0.1)
+        expect(state.epoch == 1, f"{workflow_id}: never promoted")
+        await handle.execute_update(
+            "set_active_side",
+            SetActiveSideInput(side="primary", reason="recorded manual failback"),
+            result_type=FailoverState,
+        )
+        for _ in range(100):
+            state = await handle.query("state", result_type=FailoverState)
+            if state.epoch == 2 and not state.reconcile_pending:
+                break
+            await asyncio.sleep(0.1)
+        expect(not state.reconcile_pending, f"{workflow_id}: never reconciled")
+        await handle.terminate("recording done")
+
+
 @asynccontextmanager
 async def decision_worker(lab: Lab, model: LanguageModel) -> AsyncIterator[None]:
     services = Services(
