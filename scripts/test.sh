@@ -14,4 +14,6 @@ npm ci --no-audit --no-fund --loglevel=error
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/ruff format --check src tests benchmarks scripts
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Tests wait on servers far more than they compute: two processes, each with its own servers,
+# whole files per process so a module's servers start once.
+.venv/bin/python -m pytest -n "${NEXPO_TEST_PROCESSES:-2}" --dist loadfile --durations=25 "$@"
