@@ -3,6 +3,8 @@
  * the gateway's OpenAPI document (`src/generated/gateway.ts`). Each answers the route's
  * success body or throws a `GatewayError` subclass (see errors.ts).
  */
+import { setTimeout as sleep } from "node:timers/promises";
+
 import createClient, { type Client } from "openapi-fetch";
 
 import { gatewayError } from "./errors.js";
@@ -147,7 +149,7 @@ export function createGatewayClient(options: GatewayOptions) {
         if (status.status !== "running") {
           return status;
         }
-        await new Promise((resolve) => setTimeout(resolve, wait.intervalMs ?? 500));
+        await sleep(wait.intervalMs ?? 500, undefined, { signal: wait.signal });
       }
     },
 
