@@ -813,6 +813,11 @@ export interface components {
              */
             consecutive_successes?: number;
             /**
+             * Epoch
+             * @default 0
+             */
+            epoch?: number;
+            /**
              * Held
              * @default false
              */
@@ -875,6 +880,11 @@ export interface components {
             consecutive_failures: number;
             /** Consecutive Successes */
             consecutive_successes: number;
+            /**
+             * Epoch
+             * @default 0
+             */
+            epoch?: number;
             /**
              * Held
              * @default false
@@ -1007,10 +1017,13 @@ export interface components {
         };
         /**
          * ProbeTarget
-         * @description What one side is: an object store of the registry (probed with ``ping()``) or an HTTP
-         *     URL (probed with a GET that must answer 2xx).
+         * @description What one side is: an object store of the registry (probed with ``ping()``), an HTTP
+         *     URL (probed with a GET that must answer 2xx), or a PostgreSQL server named by the setting
+         *     that holds its URL (probed with ``SELECT 1``; promoted with ``pg_promote()``).
          */
         ProbeTarget: {
+            /** Postgres */
+            postgres?: ("POSTGRES_URL" | "POSTGRES_STANDBY_URL") | null;
             /** Store */
             store?: string | null;
             /** Url */
@@ -1088,6 +1101,11 @@ export interface components {
         /** RoutingRecord */
         RoutingRecord: {
             active_side: components["schemas"]["Side"];
+            /**
+             * Epoch
+             * @default 0
+             */
+            epoch?: number;
             /** Reason */
             reason: string;
             /** Service */
@@ -1444,7 +1462,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Invalid input, a probe interval out of bounds, or a URL target whose host FAILOVER_PROBE_ALLOWED_HOSTS does not allow */
+            /** @description Invalid input, a probe interval out of bounds, a URL target whose host FAILOVER_PROBE_ALLOWED_HOSTS does not allow, or PostgreSQL targets of a service POSTGRES_FAILOVER_SERVICE does not name */
             422: {
                 headers: {
                     [name: string]: unknown;

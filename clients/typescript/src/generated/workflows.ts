@@ -195,6 +195,11 @@ export interface components {
              */
             consecutive_successes?: number;
             /**
+             * Epoch
+             * @default 0
+             */
+            epoch?: number;
+            /**
              * Held
              * @default false
              */
@@ -348,10 +353,16 @@ export interface components {
         };
         /**
          * ProbeTarget
-         * @description What one side is: an object store of the registry (probed with ``ping()``) or an HTTP
-         *     URL (probed with a GET that must answer 2xx).
+         * @description What one side is: an object store of the registry (probed with ``ping()``), an HTTP
+         *     URL (probed with a GET that must answer 2xx), or a PostgreSQL server named by the setting
+         *     that holds its URL (probed with ``SELECT 1``; promoted with ``pg_promote()``).
          */
         ProbeTarget: {
+            /**
+             * Postgres
+             * @default null
+             */
+            postgres?: ("POSTGRES_URL" | "POSTGRES_STANDBY_URL") | null;
             /**
              * Store
              * @default null
