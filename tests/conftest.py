@@ -34,11 +34,14 @@ from nexpo_workflows.providers import DatabaseProvider, UserRecord, enabled_prov
 from nexpo_workflows.services import Services
 from nexpo_workflows.worker import build_worker
 from tests.faults import FaultyProvider
+from tests.secrets_scan import record, scan
 from tests.servers.cosmosdb import EMULATOR_KEY, running_cosmosdb
 from tests.servers.mongodb import running_mongodb
 from tests.servers.postgres import fresh_database, logical_server
 from tests.servers.supabase import running_supabase
 from tests.sync_source import ITEMS_DATASET, Source
+
+pytest_plugins = ["tests.secrets_scan"]
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -49,7 +52,7 @@ SMTP_PASSWORD = f"smtp-{uuid.uuid4().hex}"
 WEBHOOK_SECRET = f"whsec-{uuid.uuid4().hex}"
 
 # Every plaintext password a test submits, and every key or credential the tests configure:
-# test_zz_secrets_scan looks for them afterwards in histories, logs and metrics.
+# tests/secrets_scan.py looks for them afterwards in histories, logs and metrics.
 SUBMITTED_PASSWORDS: set[str] = set()
 CREDENTIALS_IN_USE: set[str] = {API_KEY, SMTP_PASSWORD, WEBHOOK_SECRET}
 LOG_LINES: list[str] = []
@@ -119,6 +122,24 @@ async def temporal_server(
     finally:
         if server is not None:
             await server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def no_secret_left_behind(
+    temporal_server: TemporalServer, pytestconfig: pytest.Config
+) -> AsyncIterator[None]:
+    """After this process's last test, while its Temporal server still runs: no secret the
+    tests used is in its histories, log lines or metrics pages (see tests/secrets_scan.py)."""
+    yield
+    figures = await scan(
+        temporal_server.client,
+        SUBMITTED_PASSWORDS,
+        CREDENTIALS_IN_USE,
+        LOG_LINES,
+        METRICS_SCRAPED,
+    )
+    record(pytestconfig, figures)
+    assert figures.hits == [], f"secrets found in clear text: {figures.hits}"
 
 
 @pytest.fixture(scope="session")

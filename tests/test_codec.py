@@ -107,6 +107,8 @@ async def test_payloads_written_before_encryption_was_on_still_decode() -> None:
         (NEW_KEY, "must be id:base64key"),
         (f"k1:{OLD_KEY},k1:{NEW_KEY}", "used twice"),
     ],
+    # The keys are random: ids from the reason only, the same in every test process.
+    ids=["not-base64", "short-key", "no-id", "id-twice"],
 )
 def test_a_bad_key_list_stops_start_up_naming_the_variable_not_the_value(
     entry: str, reason: str, monkeypatch: pytest.MonkeyPatch

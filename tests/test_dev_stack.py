@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,10 +43,17 @@ def dev_env(cli_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def dev_stack(cli: list[str], env: dict[str, str]) -> AsyncIterator[str]:
+async def dev_stack(
+    cli: list[str], env: dict[str, str], cwd: Path | None = None
+) -> AsyncIterator[str]:
     """Start the stack, wait for its banner, and yield it; SIGINT must end it with code 0."""
     process = await asyncio.create_subprocess_exec(
-        *cli, "dev", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *cli,
+        "dev",
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
     banner: list[str] = []
@@ -64,7 +72,7 @@ async def dev_stack(cli: list[str], env: dict[str, str]) -> AsyncIterator[str]:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        for orphan in processes_mentioning(env["DATA_DIR"]):
+        for orphan in processes_mentioning(env.get("DATA_DIR") or str(cwd)):
             os.kill(orphan, signal.SIGKILL)
         raise
     process.send_signal(signal.SIGINT)
@@ -127,3 +135,85 @@ async def test_a_taken_port_is_named_and_nothing_is_left_running(
     assert f"port {dev_env['TEMPORAL_UI_PORT']}" in result.stderr
     assert "Temporal Web UI" in result.stderr
     assert processes_mentioning(dev_env["DATA_DIR"]) == []
+
+
+README = Path(__file__).parent.parent / "README.md"
+# The defaults the README's commands are written against.
+README_PORTS = {"gateway": 8000, "Temporal gRPC": 7233, "Temporal Web UI": 8233, "metrics": 9464}
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the README's ``bash`` blocks that talks to a running stack."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [
+        line.split("  #")[0].strip()
+        for line in lines
+        if re.match(r"(\.venv/bin/)?nexpo-workflows |curl ", line)
+    ]
+
+
+def a_clean_shell(directory: Path) -> dict[str, str]:
+    """What a new shell in ``directory`` has: no variable of the package, the venv on PATH."""
+    (directory / ".venv").symlink_to(Path(sys.prefix))
+    return {
+        "PATH": f"{directory / '.venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", str(directory)),
+    }
+
+
+async def test_every_readme_command_works_as_written_next_to_the_dev_stack(
+    tmp_path: Path,
+) -> None:
+    commands = readme_commands()
+    assert any(command.startswith(".venv/bin/nexpo-workflows health") for command in commands)
+    assert any("content review" in command for command in commands)
+    for what, port in README_PORTS.items():
+        with socket.socket() as probe:
+            # The README's addresses are the defaults; a machine using them cannot run it.
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"{what} port {port} is taken"
+    env = a_clean_shell(tmp_path)
+    cli = [str(tmp_path / ".venv" / "bin" / "nexpo-workflows")]
+    async with dev_stack(cli, env, cwd=tmp_path) as banner:
+        key = re.search(r"API key\s+(\S+)", banner)
+        assert key is not None
+        content_id = ""
+        for command in commands:
+            # The README's two placeholders, filled as its reader would.
+            command = command.replace("<key printed by dev>", key[1])
+            command = command.replace("content-...", content_id)
+            process = await asyncio.create_subprocess_exec(
+                "bash",
+                "-c",
+                command,
+                env=env,
+                cwd=tmp_path,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            stdout, stderr = (part.decode() for part in await process.communicate())
+            assert process.returncode == 0, f"{command}\n{stdout}\n{stderr}"
+            if "nexpo-workflows " in command:
+                assert "using the dev stack running at 127.0.0.1:7233" in stderr, command
+            if "/readyz" in command:
+                assert '"status":"ready"' in stdout.replace(" ", ""), stdout
+            if found := re.search(r"content-[0-9a-f-]{8,}", stdout):
+                content_id = found[0]
+        client = await Client.connect("127.0.0.1:7233")
+        kinds = {execution.workflow_type async for execution in client.list_workflows()}
+        assert {"HealthCheckWorkflow", "AIContentPipelineWorkflow"} <= kinds, kinds
+    assert not (tmp_path / ".nexpo" / "dev-stack.json").exists()
+
+
+async def test_a_second_dev_stack_on_the_same_data_dir_is_refused(
+    cli: list[str], dev_env: dict[str, str]
+) -> None:
+    async with dev_stack(cli, dev_env):
+        record = Path(dev_env["DATA_DIR"]) / "dev-stack.json"
+        assert record.is_file()
+        second = await run_cli([*cli, "dev"], {**dev_env, "API_PORT": str(free_port())})
+        assert second.returncode == 1
+        assert "a dev stack already runs with DATA_DIR" in second.stderr
+        # Configured explicitly, a command does not follow the record.
+        explicit = await run_cli([*cli, "health"], dev_env)
+        assert "using the dev stack" not in explicit.stderr

@@ -36,6 +36,7 @@ from nexpo_workflows.decisions.service import (
     DecisionNotFoundError,
     DecisionService,
 )
+from nexpo_workflows.dev_record import next_to_dev_stack, record_path
 from nexpo_workflows.devserver import DevServerError
 from nexpo_workflows.edge_errors import EDGE_ERRORS, classify
 from nexpo_workflows.health.models import DependencyState, HealthReport
@@ -105,12 +106,27 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _settings() -> Settings:
+def _configured_settings() -> Settings:
     try:
         settings = load_settings()
     except ConfigError as error:
         _fail(str(error), 2)
     configure_logging(settings.log_level)
+    return settings
+
+
+def _settings() -> Settings:
+    """The configuration, pointed at a running ``nexpo-workflows dev`` stack when it names no
+    Temporal server of its own."""
+    settings, stack = next_to_dev_stack(_configured_settings())
+    if stack is not None:
+        err.print(
+            f"nexpo-workflows: using the dev stack running at {stack.temporal_server_url} "
+            f"(recorded in {record_path(settings.data_dir)})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     return settings
 
 
@@ -162,7 +178,7 @@ def dev() -> None:
     """Embedded Temporal dev server with its Web UI, a worker and the gateway, in one command."""
     from nexpo_workflows.dev import run_dev_stack
 
-    _run(run_dev_stack(_settings()))
+    _run(run_dev_stack(_configured_settings()))
 
 
 @app.command()

@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     enable_postgres: bool = False
     postgres_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
     postgres_pool_size: int = Field(default=5, ge=1)
+    # PostgreSQL failover (README "PostgreSQL failover"): the streaming standby a monitor may
+    # promote, and the monitor (its service name) whose routing record the provider follows.
+    # Unset: the provider always uses POSTGRES_URL.
+    postgres_standby_url: SecretStr | None = None
+    postgres_failover_service: str | None = Field(
+        default=None, min_length=1, pattern=r"^[A-Za-z0-9._-]+$"
+    )
+    # How often a following provider re-reads the routing record (also after any connection
+    # error): the longest a worker keeps writing to a server the record no longer names.
+    postgres_routing_refresh_seconds: float = Field(default=5.0, gt=0, le=300)
 
     enable_mongodb: bool = False
     mongodb_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
@@ -315,6 +325,8 @@ class Settings(BaseSettings):
             and not self.supabase_service_role_key.get_secret_value(),
             "SQLSERVER_URL": self.enable_sqlserver and not self.sqlserver_url.get_secret_value(),
             "WEBHOOK_SECRET": bool(self.webhook_urls) and not self.webhook_secret,
+            "POSTGRES_STANDBY_URL": bool(self.postgres_failover_service)
+            and not self.postgres_standby_url,
         }
         missing = [name for name, absent in required.items() if absent]
         if missing:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from nexpo_workflows.api.app import create_app, embedded_server
 from nexpo_workflows.api.auth import hash_api_key, new_api_key
 from nexpo_workflows.api.deps import GatewayState
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
+from nexpo_workflows.dev_record import (
+    DevStackRecord,
+    remove_record,
+    running_dev_stack,
+    write_record,
+)
 from nexpo_workflows.devserver import DevServerError, start_dev_server
 from nexpo_workflows.ports import ensure_free, split_host_port
 from nexpo_workflows.services import Services
@@ -25,6 +32,12 @@ def metrics_url(bind_address: str) -> str | None:
 
 
 async def run_dev_stack(settings: Settings) -> None:
+    running = running_dev_stack(settings.data_dir)
+    if running is not None:
+        raise DevServerError(
+            f"a dev stack already runs with DATA_DIR {settings.data_dir} (pid {running.pid}, "
+            f"gateway {running.gateway_url}); stop it first or choose another DATA_DIR"
+        )
     host, temporal_port = split_host_port(settings.temporal_server_url)
     host = "127.0.0.1" if host == "localhost" else host
     # Every port is checked before anything starts, so a clash never leaves half a stack.
@@ -81,6 +94,18 @@ async def run_dev_stack(settings: Settings) -> None:
                 serving.result()
                 raise DevServerError(f"the gateway did not start on {gateway_url}")
             await asyncio.sleep(0.02)
+        # Before the banner: whoever reads it may run a command next to the stack at once.
+        write_record(
+            settings.data_dir,
+            DevStackRecord(
+                pid=os.getpid(),
+                temporal_server_url=server.address,
+                temporal_namespace=settings.temporal_namespace,
+                temporal_task_queue=settings.temporal_task_queue,
+                gateway_url=gateway_url,
+                temporal_ui_url=server.ui_url,
+            ),
+        )
         print(
             "nexpo-workflows dev stack is up (Ctrl-C stops it)\n"
             f"  gateway          {gateway_url}\n"
@@ -95,6 +120,7 @@ async def run_dev_stack(settings: Settings) -> None:
         try:
             await run_worker_until(worker, stop)
         finally:
+            remove_record(settings.data_dir)
             api.should_exit = True
             await serving
     finally:

@@ -78,27 +78,76 @@ async def _as_postgres(*command: str) -> None:
         raise RuntimeError(f"{' '.join(command)} failed: {output.decode()}")
 
 
+class Server:
+    """One server of a private cluster: its data directory, port and options, so a test can
+    stop it (as a crash, ``immediate``) and start it again on the same port."""
+
+    def __init__(self, name: str, options: tuple[str, ...]) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="nexpo-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+        self.data = self.directory / name
+        self.port = free_port()
+        self.options = options
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    async def start(self) -> None:
+        flags = " ".join(
+            [f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.directory}",
+             *self.options]
+        )  # fmt: skip
+        await _as_postgres(
+            f"{BIN}/pg_ctl", "-D", str(self.data), "-o", f"'{flags}'", "-w", "-l",
+            str(self.directory / f"{self.data.name}.log"), "start",
+        )  # fmt: skip
+
+    async def stop(self, mode: str = "fast") -> None:
+        await _as_postgres(f"{BIN}/pg_ctl", "-D", str(self.data), f"-m {mode}", "-w", "stop")
+
+
+@contextlib.asynccontextmanager
+async def _stopped_and_removed(server: Server) -> AsyncIterator[Server]:
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(RuntimeError):  # already stopped by the test
+            await server.stop("immediate")
+        shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def cluster_server(*options: str) -> AsyncIterator[Server]:
+    """A new cluster on a free port (``-c name=value`` options added), stopped and removed
+    afterwards, also when the test fails."""
+    server = Server("data", options)
+    async with _stopped_and_removed(server):
+        await _as_postgres(f"{BIN}/initdb", "-D", str(server.data), "-U postgres --auth=trust -N")
+        await server.start()
+        yield server
+
+
 @contextlib.asynccontextmanager
 async def private_cluster(*options: str) -> AsyncIterator[tuple[str, Path]]:
-    """A new cluster on a free port (``-c name=value`` options added): its admin URL and data
-    directory; stopped and removed afterwards, also when the test fails."""
-    directory = Path(tempfile.mkdtemp(prefix="nexpo-pg-"))
-    data = directory / "data"
-    if os.geteuid() == 0:
-        shutil.chown(directory, "postgres")
-    port = free_port()
-    flags = " ".join([f"-p {port}", "-c listen_addresses=127.0.0.1", f"-k {directory}", *options])
-    try:
-        await _as_postgres(f"{BIN}/initdb", "-D", str(data), "-U postgres --auth=trust -N")
+    """A new cluster (see ``cluster_server``): its admin URL and data directory."""
+    async with cluster_server(*options) as server:
+        yield server.url, server.data
+
+
+@contextlib.asynccontextmanager
+async def streaming_standby(primary: Server, *options: str) -> AsyncIterator[Server]:
+    """A standby of ``primary`` (``pg_basebackup -R``: it streams from the primary and is in
+    recovery until promoted) on a free port, stopped and removed afterwards."""
+    server = Server("standby", options)
+    async with _stopped_and_removed(server):
         await _as_postgres(
-            f"{BIN}/pg_ctl", "-D", str(data), "-o", f"'{flags}'", "-w", "-l",
-            str(directory / "server.log"), "start",
+            f"{BIN}/pg_basebackup", "-h 127.0.0.1", f"-p {primary.port}", "-U postgres",
+            "-D", str(server.data), "-R", "--checkpoint=fast",
         )  # fmt: skip
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", data
-    finally:
-        with contextlib.suppress(RuntimeError):
-            await _as_postgres(f"{BIN}/pg_ctl", "-D", str(data), "-m immediate", "-w", "stop")
-        shutil.rmtree(directory, ignore_errors=True)
+        await server.start()
+        yield server
 
 
 @contextlib.asynccontextmanager

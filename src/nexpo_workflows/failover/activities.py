@@ -10,15 +10,19 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from nexpo_workflows.failover.models import (
+    POSTGRES_FAILOVER_REFUSED,
     PROBE_TARGET_REFUSED,
     ChannelsInput,
     NotifyInput,
     ProbeInput,
     ProbeResult,
+    PromoteInput,
     ReconcileInput,
     ReconcileReport,
     RoutingRecord,
+    postgres_refusal,
 )
+from nexpo_workflows.failover.postgres import PostgresServers
 from nexpo_workflows.failover.probes import Prober
 from nexpo_workflows.failover.routing import RoutingTable, routing_store
 from nexpo_workflows.notify.base import Notification
@@ -63,7 +67,9 @@ class FailoverActivities:
         # starting, it is what the probes are there to report.
         self._stores = services.stores
         self._http = httpx.AsyncClient()
-        self._prober = Prober(self._stores, self._http)
+        self._settings = services.settings
+        self._postgres = PostgresServers(services.settings)
+        self._prober = Prober(self._stores, self._http, self._postgres)
         self._allowed_hosts = services.settings.failover_probe_allowed_hosts
         self._notifiers = services.notifiers
 
@@ -75,10 +81,43 @@ class FailoverActivities:
             raise ApplicationError(refusal, type=PROBE_TARGET_REFUSED, non_retryable=True)
         return await self._prober.probe(input)
 
+    @activity.defn(name="promote_postgres")
+    async def promote_postgres(self, input: PromoteInput) -> bool:
+        """Promote the target's standby; True if this call promoted it (already a primary:
+        False, and success, so a retry or a hand-made promotion is fine)."""
+        refusal = postgres_refusal(
+            input.service,
+            self._settings.postgres_failover_service,
+            self._settings.postgres_standby_url is not None,
+        )
+        if refusal is not None:
+            raise ApplicationError(refusal, type=POSTGRES_FAILOVER_REFUSED, non_retryable=True)
+        assert input.target.postgres is not None
+        promoted = await self._postgres.promote(input.target.postgres, input.timeout_seconds)
+        activity.logger.warning(
+            "failover: %s: %s %s",
+            input.service,
+            input.target.describe(),
+            "promoted" if promoted else "already a primary",
+        )
+        return promoted
+
     @activity.defn(name="record_active_side")
-    async def record_active_side(self, record: RoutingRecord) -> None:
+    async def record_active_side(self, record: RoutingRecord) -> RoutingRecord:
+        """Write the record with an epoch above the stored one's; the record as stored."""
         # Chosen when first needed: a worker without stores runs every other workflow.
-        await RoutingTable(routing_store(self._stores)).write(record)
+        table = RoutingTable(routing_store(self._stores))
+        stored = await table.read(record.service)
+        if stored is not None and (stored.workflow_id, stored.since) == (
+            record.workflow_id,
+            record.since,
+        ):
+            return stored  # a retry of a write that was done
+        # Above the stored epoch even for a monitor started anew (its count starts at 1).
+        epoch = max(record.epoch, (stored.epoch if stored is not None else 0) + 1)
+        written = record.model_copy(update={"epoch": epoch})
+        await table.write(written)
+        return written
 
     @activity.defn(name="failover_channels")
     async def failover_channels(self, input: ChannelsInput) -> list[str]:
@@ -124,6 +163,7 @@ class FailoverActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.probe_target,
+            self.promote_postgres,
             self.record_active_side,
             self.failover_channels,
             self.notify_failover,

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field, HttpUrl, model_validator
 
 # The error type of a probe refused by the worker's FAILOVER_PROBE_ALLOWED_HOSTS.
 PROBE_TARGET_REFUSED = "ProbeTargetRefused"
+# The error type of a PostgreSQL promotion the worker's settings do not allow.
+POSTGRES_FAILOVER_REFUSED = "PostgresFailoverRefused"
+# What a PostgreSQL target may name: a setting, whose URL (and password) stays in the workers'
+# configuration and never reaches the workflow's input or history.
+PostgresSetting = Literal["POSTGRES_URL", "POSTGRES_STANDBY_URL"]
 # Below the minimum a monitor is a tight loop against its targets; above the maximum an
 # outage goes unnoticed too long.
 MIN_PROBE_INTERVAL_SECONDS = 1.0
@@ -27,19 +32,25 @@ class Side(StrEnum):
 
 
 class ProbeTarget(BaseModel):
-    """What one side is: an object store of the registry (probed with ``ping()``) or an HTTP
-    URL (probed with a GET that must answer 2xx)."""
+    """What one side is: an object store of the registry (probed with ``ping()``), an HTTP
+    URL (probed with a GET that must answer 2xx), or a PostgreSQL server named by the setting
+    that holds its URL (probed with ``SELECT 1``; promoted with ``pg_promote()``)."""
 
     store: str | None = None
     url: HttpUrl | None = None
+    postgres: PostgresSetting | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        if (self.store is None) == (self.url is None):
-            raise ValueError("a probe target is either a store name or a URL, not both or neither")
+        if [self.store, self.url, self.postgres].count(None) != 2:
+            raise ValueError(
+                "a probe target is one of a store name, a URL or a postgres setting name"
+            )
         return self
 
     def describe(self) -> str:
+        if self.postgres is not None:
+            return f"postgres:{self.postgres}"
         return f"store:{self.store}" if self.store is not None else str(self.url)
 
     def refusal(self, allowed_hosts: Sequence[str]) -> str | None:
@@ -75,7 +86,7 @@ class FailoverCarry(BaseModel):
     # Set by an operator's ``hold``: no automatic switch until ``release``.
     held: bool = False
     hold_reason: str | None = None
-    # Switches so far: the routing record's epoch, and the id of each switch's notification.
+    # The epoch of the last routing record this monitor wrote (0: none yet).
     epoch: int = Field(default=0, ge=0)
     # Set by a failback: the writes the store pairs of this service took on the secondary
     # are still to be copied back to the primary.
@@ -97,6 +108,38 @@ class FailoverInput(BaseModel):
     continue_as_new_after: int = Field(default=500, ge=1)
     # Set only by the workflow itself when it continues as new.
     carry: FailoverCarry | None = None
+
+    @model_validator(mode="after")
+    def _postgres_in_pairs(self) -> Self:
+        # Fixed, because the providers map the record's side to these settings.
+        pair = (self.primary.postgres, self.secondary.postgres)
+        if self.postgres and pair != ("POSTGRES_URL", "POSTGRES_STANDBY_URL"):
+            raise ValueError(
+                "a PostgreSQL monitor's primary is POSTGRES_URL and its secondary "
+                "POSTGRES_STANDBY_URL"
+            )
+        return self
+
+    @property
+    def postgres(self) -> bool:
+        """A PostgreSQL primary and standby: a switch promotes, and nothing fails back by
+        itself (the old primary must first be rebuilt as a standby)."""
+        return self.primary.postgres is not None or self.secondary.postgres is not None
+
+
+def postgres_refusal(
+    service: str, failover_service: str | None, standby_configured: bool
+) -> str | None:
+    """Why a worker may not promote for the PostgreSQL monitor of ``service`` (its settings
+    follow another service's record, or name no standby), or None."""
+    if failover_service != service:
+        return (
+            f"POSTGRES_FAILOVER_SERVICE is {failover_service or 'unset'}, not {service}: "
+            "the PostgreSQL providers would not follow this monitor"
+        )
+    if not standby_configured:
+        return "POSTGRES_STANDBY_URL is not set"
+    return None
 
 
 class FailoverState(BaseModel):
@@ -143,15 +186,23 @@ class RoutingRecord(BaseModel):
     since: datetime
     reason: str
     workflow_id: str | None = None
-    # One more on each switch; readers of several copies of the record take the latest.
+    # Raised by every switch (never lowered, also across monitors): a reader that sees it
+    # change drops its connections to the side it used and reconnects.
     epoch: int = Field(default=0, ge=0)
 
     @property
     def transition_id(self) -> str:
         """The id of this switch's notification: the same on every retry and channel, so a
-        receiver can drop duplicates. With the time of the switch, because a monitor started
-        again counts its epochs from 0 again, and its switches are new ones."""
-        return f"failover-{self.service}-{self.epoch}-{self.since.astimezone(UTC):%Y%m%dT%H%M%S%fZ}"
+        receiver can drop duplicates."""
+        return f"failover-{self.service}-{self.epoch}"
+
+
+class PromoteInput(BaseModel):
+    """Promote the PostgreSQL server of ``target`` (a standby) to a primary."""
+
+    service: str
+    target: ProbeTarget
+    timeout_seconds: float = Field(gt=0, le=300)
 
 
 class NotifyInput(BaseModel):

@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 
 import httpx
 
 from nexpo_workflows.errors import first_line
-from nexpo_workflows.failover.models import ProbeInput, ProbeResult
+from nexpo_workflows.failover.models import ProbeInput, ProbeResult, ProbeTarget
+from nexpo_workflows.failover.postgres import PostgresServers
 from nexpo_workflows.storage import ObjectStore
 
 
 class Prober:
-    def __init__(self, stores: Mapping[str, ObjectStore], http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        stores: Mapping[str, ObjectStore],
+        http: httpx.AsyncClient,
+        postgres: PostgresServers,
+    ) -> None:
         self._stores = stores
         self._http = http
+        self._postgres = postgres
 
     async def _store(self, name: str) -> None:
         try:
@@ -35,17 +42,19 @@ class Prober:
         if not response.is_success:
             raise RuntimeError(f"HTTP {response.status_code}")
 
+    def _call(self, target: ProbeTarget, timeout: float) -> Coroutine[None, None, None]:
+        if target.postgres is not None:
+            return self._postgres.probe(target.postgres, timeout)
+        if target.store is not None:
+            return self._store(target.store)
+        return self._http_get(str(target.url))
+
     async def probe(self, input: ProbeInput) -> ProbeResult:
         target = input.target
         started = time.perf_counter()
         error: str | None = None
         try:
-            call = (
-                self._store(target.store)
-                if target.store is not None
-                else self._http_get(str(target.url))
-            )
-            await asyncio.wait_for(call, input.timeout_seconds)
+            await asyncio.wait_for(self._call(target, input.timeout_seconds), input.timeout_seconds)
         except TimeoutError:
             error = f"no answer within {input.timeout_seconds:g}s"
         except Exception as exc:

@@ -108,7 +108,8 @@ class RoutingTable:
         return RoutingRecord.model_validate_json(content)
 
     async def read(self, service: str) -> RoutingRecord | None:
-        """The record; of two sides', the latest (a side that was down missed the newer)."""
+        """The record; of two sides', the latest (a side that was down missed the newer):
+        the higher epoch, then the later switch."""
         records = await self._on_each_side(
             lambda side: self._read_side(side, service),
             SIDE_READ_TIMEOUT_SECONDS,
@@ -116,7 +117,7 @@ class RoutingTable:
         )
         return max(
             (record for record in records if record is not None),
-            key=lambda record: record.since,
+            key=lambda record: (record.epoch, record.since),
             default=None,
         )
 

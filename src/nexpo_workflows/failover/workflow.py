@@ -1,6 +1,10 @@
 """FailoverWorkflow: probe a service's primary and secondary, and move the routing record
 to the secondary after N failed primary probes, back after M healthy ones. An operator's
-``hold`` stops the automatic switches (e.g. after a manual promotion) until ``release``."""
+``hold`` stops the automatic switches (e.g. after a manual promotion) until ``release``.
+
+For a PostgreSQL primary and standby, a switch promotes the server it moves to before the
+record names it, is followed by a hold, and never goes back by itself: the old primary must
+first be rebuilt as a standby (README "PostgreSQL failover")."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from nexpo_workflows.failover.activities import FailoverActivities
     from nexpo_workflows.failover.models import (
+        POSTGRES_FAILOVER_REFUSED,
         PROBE_TARGET_REFUSED,
         ChannelsInput,
         FailoverCarry,
@@ -24,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         NotifyInput,
         ProbeInput,
         ProbeResult,
+        PromoteInput,
         ReconcileInput,
         RoutingRecord,
         SetActiveSideInput,
@@ -42,6 +48,11 @@ _RECORD_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=5),
 )
 _NOTIFY_RETRY = RetryPolicy(maximum_attempts=3)
+# How long pg_promote() may wait for the standby to replay what it received and open for writes.
+_PROMOTE_TIMEOUT = timedelta(seconds=60)
+# From this patch on, the monitor keeps the epoch the record activity stored (runs recorded
+# before it ignored that activity's result).
+_ROUTING_EPOCH_PATCH = "routing-epoch"
 # Bounded: a primary that fails again during the pass leaves it to the round after the next.
 _RECONCILE_RETRY = RetryPolicy(
     maximum_attempts=3,
@@ -121,7 +132,10 @@ class FailoverWorkflow:
                     f"{primary.error}"
                 )
                 await self._try_switch(Side.SECONDARY, reason)
-            elif carry.consecutive_successes >= self._input.successes_to_fail_back:
+            elif (
+                carry.consecutive_successes >= self._input.successes_to_fail_back
+                and not self._input.postgres
+            ):
                 reason = f"primary healthy for {carry.consecutive_successes} consecutive probes"
                 await self._try_switch(Side.PRIMARY, reason)
 
@@ -168,6 +182,7 @@ class FailoverWorkflow:
     async def _switch(self, side: Side, reason: str) -> None:
         """Write the record first: the state follows only what is durably recorded."""
         previous = self._carry.active_side
+        await self._promote_postgres(side)
         record = RoutingRecord(
             service=self._input.service,
             active_side=side,
@@ -176,16 +191,19 @@ class FailoverWorkflow:
             workflow_id=workflow.info().workflow_id,
             epoch=self._carry.epoch + 1,
         )
-        await workflow.execute_activity_method(
+        stored = await workflow.execute_activity_method(
             FailoverActivities.record_active_side,
             record,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_RECORD_RETRY,
             summary=f"route {self._input.service} to {side}",
         )
-        self._carry.active_side = side
+        if workflow.patched(_ROUTING_EPOCH_PATCH):
+            record = stored
         self._carry.epoch = record.epoch
+        self._carry.active_side = side
         self._reset_counters()
+        self._hold_after_postgres_switch(side)
         if side is Side.PRIMARY and workflow.patched(RECONCILE_AFTER_FAILBACK_PATCH):
             self._carry.reconcile_pending = True
         await self._announce(record, previous)
@@ -252,6 +270,45 @@ class FailoverWorkflow:
                 report.deleted,
                 report.already_present,
             )
+
+    async def _promote_postgres(self, side: Side) -> None:
+        """Promote the PostgreSQL server of ``side`` (idempotent), before any reader is sent
+        to it; anything but a PostgreSQL monitor has nothing to promote."""
+        if not self._input.postgres:
+            return
+        target = self._input.primary if side is Side.PRIMARY else self._input.secondary
+        try:
+            await workflow.execute_activity_method(
+                FailoverActivities.promote_postgres,
+                PromoteInput(
+                    service=self._input.service,
+                    target=target,
+                    timeout_seconds=_PROMOTE_TIMEOUT.total_seconds(),
+                ),
+                start_to_close_timeout=_PROMOTE_TIMEOUT + timedelta(seconds=10),
+                retry_policy=_RECORD_RETRY,
+                summary=f"promote {target.describe()}",
+            )
+        except ActivityError as error:
+            cause = error.cause
+            if isinstance(cause, ApplicationError) and cause.type == POSTGRES_FAILOVER_REFUSED:
+                # The workers' settings do not follow this monitor: no round can fix that.
+                raise ApplicationError(
+                    str(cause), type=POSTGRES_FAILOVER_REFUSED, non_retryable=True
+                ) from error
+            raise
+
+    def _hold_after_postgres_switch(self, side: Side) -> None:
+        """After a PostgreSQL switch the other server is no standby of the new primary (dead,
+        or a primary of its own): nothing may switch to it until an operator has rebuilt it
+        and releases the hold."""
+        if not self._input.postgres:
+            return
+        self._carry.held = True
+        self._carry.hold_reason = (
+            f"PostgreSQL switched to {side}: rebuild the {side.other} server as its standby, "
+            "then release"
+        )
 
     def _reset_counters(self) -> None:
         self._carry.consecutive_failures = 0

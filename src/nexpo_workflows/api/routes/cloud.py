@@ -19,6 +19,7 @@ from nexpo_workflows.failover.models import (
     HoldInput,
     RoutingRecord,
     SetActiveSideInput,
+    postgres_refusal,
 )
 from nexpo_workflows.failover.routing import RoutingTable, routing_store
 from nexpo_workflows.failover.workflow import FailoverWorkflow
@@ -158,8 +159,9 @@ class FailoverStatus(BaseModel):
     responses={
         409: {"description": "A monitor for this service is running"},
         422: {
-            "description": "Invalid input, a probe interval out of bounds, or a URL target "
-            "whose host FAILOVER_PROBE_ALLOWED_HOSTS does not allow"
+            "description": "Invalid input, a probe interval out of bounds, a URL target "
+            "whose host FAILOVER_PROBE_ALLOWED_HOSTS does not allow, or PostgreSQL targets "
+            "of a service POSTGRES_FAILOVER_SERVICE does not name"
         },
     },
 )
@@ -167,12 +169,20 @@ async def start_failover_monitor(
     body: FailoverInput, request: Request, client: ClientDep, state: StateDep
 ) -> Any:
     """Start the long-running failover monitor of a service (one per service)."""
-    allowed_hosts = state.services.settings.failover_probe_allowed_hosts
+    settings = state.services.settings
     refusals = [
         refusal
         for target in (body.primary, body.secondary)
-        if (refusal := target.refusal(allowed_hosts)) is not None
+        if (refusal := target.refusal(settings.failover_probe_allowed_hosts)) is not None
     ]
+    if body.postgres and (
+        refusal := postgres_refusal(
+            body.service,
+            settings.postgres_failover_service,
+            settings.postgres_standby_url is not None,
+        )
+    ):
+        refusals.append(refusal)
     if refusals:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "; ".join(refusals))
     try:
