@@ -55,7 +55,8 @@ export interface paths {
         put?: never;
         /**
          * Set Active Side
-         * @description Manual promote (side=secondary) or failback (side=primary), with a reason.
+         * @description Manual promote (side=secondary) or failback (side=primary), with a reason; with
+         *     `hold: true` the side is held in the same step (no automatic switch until released).
          */
         post: operations["set_active_side_api_cloud_failover__service__active_side_post"];
         delete?: never;
@@ -827,6 +828,11 @@ export interface components {
             /** Recent Probes */
             recent_probes?: components["schemas"]["ProbeResult"][];
             /**
+             * Reconcile Pending
+             * @default false
+             */
+            reconcile_pending?: boolean;
+            /**
              * Total Rounds
              * @default 0
              */
@@ -894,6 +900,11 @@ export interface components {
             hold_reason?: string | null;
             /** Recent Probes */
             recent_probes: components["schemas"]["ProbeResult"][];
+            /**
+             * Reconcile Pending
+             * @default false
+             */
+            reconcile_pending?: boolean;
             /** Rounds Since Continue As New */
             rounds_since_continue_as_new: number;
             /** Service */
@@ -1163,6 +1174,11 @@ export interface components {
         };
         /** SetActiveSideInput */
         SetActiveSideInput: {
+            /**
+             * Hold
+             * @default false
+             */
+            hold?: boolean;
             /** Reason */
             reason: string;
             /** Side */

@@ -212,6 +212,11 @@ export interface components {
             /** Recent Probes */
             recent_probes?: components["schemas"]["ProbeResult"][];
             /**
+             * Reconcile Pending
+             * @default false
+             */
+            reconcile_pending?: boolean;
+            /**
              * Total Rounds
              * @default 0
              */
