@@ -71,16 +71,17 @@ async def test_every_route_but_probes_and_metrics_refuses_anonymous_requests(
 @pytest.mark.parametrize(
     "headers",
     [
-        {"X-API-Key": API_KEY},
-        {"Authorization": f"Bearer {API_KEY}"},
-        {"Authorization": f"Bearer {token()}"},
+        lambda: {"X-API-Key": API_KEY},
+        lambda: {"Authorization": f"Bearer {API_KEY}"},
+        # Made when the test runs: a token made at collection may have expired by then.
+        lambda: {"Authorization": f"Bearer {token()}"},
     ],
     ids=["api-key-header", "api-key-bearer", "jwt"],
 )
 async def test_valid_credentials_are_accepted(
-    gateway: httpx.AsyncClient, headers: dict[str, str]
+    gateway: httpx.AsyncClient, headers: Callable[[], dict[str, str]]
 ) -> None:
-    response = await gateway.get("/api/users/nobody", headers=headers)
+    response = await gateway.get("/api/users/nobody", headers=headers())
     assert response.status_code == 404  # past authentication: the user does not exist
 
 

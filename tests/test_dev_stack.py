@@ -143,7 +143,8 @@ README_PORTS = {"gateway": 8000, "Temporal gRPC": 7233, "Temporal Web UI": 8233,
 
 
 def readme_commands() -> list[str]:
-    """Every command line of the README's ``bash`` blocks that talks to a running stack."""
+    """Every command line of the README's ``bash`` blocks that talks to a running stack (the
+    README keeps examples for other deployments in ``sh`` blocks)."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
     return [
