@@ -442,12 +442,12 @@ class SyncActivities:
 
     async def _expected(
         self, plan: SyncPlan, batch: ChangeBatch, skip: set[str], *, by_content: bool
-    ) -> tuple[list[RecordVersion], list[str]]:
-        """What every target must hold for the batch now: (id, version, tombstone) of each row,
-        and the keys it must not hold."""
+    ) -> tuple[dict[str, tuple[int, bool]], list[str]]:
+        """What every target must hold for the batch now: (version, tombstone) by id, and the
+        keys it must not hold."""
         if batch.kind is PositionKind.VERSIONS:
             versions = await self._source(plan).versions(batch.after, batch.last)
-            return [v for v in versions if v.id not in skip], []
+            return {v.id: (v.version, v.deleted) for v in versions if v.id not in skip}, []
         # The rows this worker validated and wrote (a worker that did not reads the batch
         # again): a row changed since is in a later batch of the log, and a row inserted into
         # a copied range since arrives with the log. An audit compares the fields of the
@@ -455,15 +455,9 @@ class SyncActivities:
         prepared = await self._prepared(plan, batch, fresh=by_content)
         records = _selected(prepared.records, skip, None)
         if by_content:
-            return [
-                RecordVersion(id=r.id, version=content_version(r), deleted=r.deleted)
-                for r in records.records()
-            ], prepared.gone
-        expected = [
-            RecordVersion.model_construct(id=i, version=v, deleted=d)
-            for i, v, d in zip(records.ids, records.versions, records.deleted, strict=True)
-        ]
-        return expected, prepared.gone
+            return {r.id: (content_version(r), r.deleted) for r in records.records()}, prepared.gone
+        states = zip(records.versions, records.deleted, strict=True)
+        return dict(zip(records.ids, states, strict=True)), prepared.gone
 
     async def _held(
         self, plan: SyncPlan, target: str, ids: list[str], *, by_content: bool
@@ -517,15 +511,14 @@ class SyncActivities:
         return differing, held
 
     async def _by_content(
-        self, plan: SyncPlan, expected: list[RecordVersion], gone: list[str]
+        self, plan: SyncPlan, wanted: dict[str, tuple[int, bool]], gone: list[str]
     ) -> list[TargetMismatch]:
         """An audit: every row's fields read back from every target and compared."""
-        ids = [v.id for v in expected] + gone
+        ids = [*wanted, *gone]
         async with heartbeating("reading the targets"):
             found = await asyncio.gather(
                 *(self._held(plan, target, ids, by_content=True) for target in plan.targets)
             )
-        wanted = {v.id: (v.version, v.deleted) for v in expected}
         mismatches = []
         for target, versions in zip(plan.targets, found, strict=True):
             held = {v.id: (v.version, v.deleted) for v in versions}
@@ -535,9 +528,9 @@ class SyncActivities:
                 mismatches.append(
                     TargetMismatch(
                         target=target,
-                        source_count=len(expected),
+                        source_count=len(wanted),
                         target_count=len(versions),
-                        source_checksum=_spelled(keys_checksum(expected)),
+                        source_checksum=_spelled(_checksum_of(list(wanted), wanted)),
                         target_checksum=_spelled(keys_checksum(versions)),
                         ids=differing,
                     )
@@ -552,12 +545,11 @@ class SyncActivities:
         missing or different, a key that should be gone)."""
         plan, batch = input.plan, input.batch
         try:
-            expected, gone = await self._expected(
+            wanted, gone = await self._expected(
                 plan, batch, set(input.skip_ids), by_content=input.by_content
             )
             if input.by_content:
-                return VerifyOutcome(mismatches=await self._by_content(plan, expected, gone))
-            wanted = {v.id: (v.version, v.deleted) for v in expected}
+                return VerifyOutcome(mismatches=await self._by_content(plan, wanted, gone))
             key_sets = [list(keys) for keys in chunked(list(wanted), CHECKSUM_KEYS)]
             key_sets += [list(keys) for keys in chunked(gone, CHECKSUM_KEYS)]
             async with heartbeating("comparing checksums"):
@@ -568,13 +560,12 @@ class SyncActivities:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
-        source_checksum = _spelled(keys_checksum(expected))
         mismatches = [
             TargetMismatch(
                 target=target,
-                source_count=len(expected),
+                source_count=len(wanted),
                 target_count=held.count,
-                source_checksum=source_checksum,
+                source_checksum=_spelled(_checksum_of(list(wanted), wanted)),
                 target_checksum=_spelled(held),
                 ids=differing,
             )
