@@ -5,18 +5,28 @@ Run from the repository root (after `bash scripts/test.sh` has installed everyth
     PYTHONPATH=src .venv/bin/python -m benchmarks.sync_throughput \
         [--rows 100000,1000000] [--targets sqlite,mongodb] [--batch-size 5000]
 
-For each number of rows, a fresh database on the test suite's PostgreSQL server holds a
-source table of ~200-byte rows (one in 50 a tombstone), filled by COPY. For each target:
+(``pip install -e .[bench]`` first: the peer loader.) For each number of rows, a fresh
+database on a PostgreSQL server at wal_level=logical holds a source table of ~200-byte rows
+(one in 50 a tombstone), filled by COPY. For each target:
 
 - ``raw``, the ceiling: the same rows read with asyncpg in keyset batches and written in bulk
-  (SQLite: ``executemany`` into a plain table, one transaction per batch, through aiosqlite;
-  MongoDB: unordered ``insert_many`` through PyMongo's async client, on SecantusDB);
-- ``sync``: DataSyncWorkflow for the dataset on an in-memory Temporal dev server, run by
+  with the write the sync does, one batch at a time (SQLite: ``executemany`` of an
+  ``INSERT ... ON CONFLICT DO UPDATE``, one transaction per batch, through aiosqlite;
+  MongoDB: unordered ``insert_many`` through PyMongo's async client, on SecantusDB, the
+  sync's first write to a new target too);
+- ``sync``: DataSyncWorkflow for the dataset (the copy of the table: read, validation by the
+  dataset's pydantic schema, write, verification) on an in-memory Temporal dev server, run by
   ``nexpo-workflows worker`` in a process of its own, timed from start to result, with the
-  worker's peak RSS (VmHWM).
+  worker's peak RSS (VmHWM);
+- ``peer``: dlt's ``sql_database`` source (``sql_table``, SQLAlchemy backend, psycopg2) into
+  the same kind of target (SQLite through dlt's ``sqlalchemy`` destination; dlt has no
+  MongoDB destination), write disposition ``merge`` on the key (an upsert, as the sync),
+  timed from start to its load, in a thread of the benchmark's process.
 
-Prints rows/s of both, their ratio (target: sync >= 0.5 x raw) and the worker's peak RSS, and
-per target the peak RSS of the largest size over the smallest's (target ~1: memory flat).
+Prints rows/s of each, sync/raw (goal: >= 0.7) and the worker's peak RSS, the seconds in each
+step of the sync, and per target the peak RSS of the largest size over the smallest's (goal
+<= 1.2: memory flat). Every figure is wall-clock on whatever else the machine runs: the load
+average before and after is printed beside them.
 """
 
 from __future__ import annotations
@@ -121,7 +131,11 @@ async def sqlite_sink(path: Path) -> AsyncIterator[RawWrite]:
             " deleted INTEGER NOT NULL)"
         )
         await database.commit()
-        insert = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 7)})"
+        updates = ", ".join(f"{name} = excluded.{name}" for name in COLUMNS[1:])
+        insert = (
+            f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 7)})"
+            f" ON CONFLICT (id) DO UPDATE SET {updates}"
+        )
 
         async def write(rows: list[asyncpg.Record]) -> None:
             await database.executemany(insert, [plain(row) for row in rows])
@@ -159,6 +173,29 @@ async def raw_copy(postgres_url: str, batch_size: int, write: RawWrite) -> float
         return copied / (time.perf_counter() - began)
     finally:
         await connection.close()
+
+
+def peer_load(source_url: str, rows: int, database: Path, directory: Path, batch: int) -> float:
+    """Rows per second of dlt moving the source table into a SQLite file, merging on the key."""
+    import dlt
+    from dlt.sources.sql_database import sql_table
+
+    table = sql_table(
+        credentials=source_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+        table=TABLE,
+        chunk_size=batch,
+        backend="sqlalchemy",
+    )
+    table.apply_hints(primary_key="id", write_disposition="merge")
+    pipeline = dlt.pipeline(
+        pipeline_name=f"peer_{rows}",
+        destination=dlt.destinations.sqlalchemy(credentials=f"sqlite:///{database}"),
+        dataset_name="main",
+        pipelines_dir=str(directory),
+    )
+    began = time.perf_counter()
+    pipeline.run(table)
+    return rows / (time.perf_counter() - began)
 
 
 def worker_environment(values: dict[str, str]) -> dict[str, str]:
@@ -241,6 +278,8 @@ async def running_worker(
 class Figures:
     raw_rate: float
     sync_rate: float
+    # None: no peer for this target.
+    peer_rate: float | None
     peak_rss_mib: float
     # Seconds per activity type, summed over the run: (running on the worker, queued before).
     steps: dict[str, tuple[float, float]]
@@ -341,7 +380,17 @@ class Bench:
         async with self.raw_sink(target, rows) as write:
             raw_rate = await raw_copy(postgres_url, self.batch_size, write)
         sync_rate, peak, steps = await self.sync(postgres_url, target, rows)
-        return Figures(raw_rate, sync_rate, peak, steps)
+        peer_rate = None
+        if target == "sqlite":
+            peer_rate = await asyncio.to_thread(
+                peer_load,
+                postgres_url,
+                rows,
+                self.data / f"peer-{rows}.db",
+                self.data / "dlt",
+                self.batch_size,
+            )
+        return Figures(raw_rate, sync_rate, peer_rate, peak, steps)
 
 
 def load() -> str:
@@ -352,12 +401,13 @@ def report(results: dict[tuple[str, int], Figures], batch_size: int, loads: list
     print(f"PostgreSQL source, batch size {batch_size}; one dev server, one worker process")
     print(f"load average (1, 5, 15 min): before {loads[0]}; after {loads[1]}")
     header = f"{'target':8} {'rows':>9} {'raw rows/s':>11} {'sync rows/s':>12}"
-    print(f"{header} {'sync/raw':>9} {'worker peak RSS MiB':>20}")
+    print(f"{header} {'peer rows/s':>12} {'sync/raw':>9} {'worker peak RSS MiB':>20}")
     for (target, rows), figures in results.items():
         ratio = figures.sync_rate / figures.raw_rate
+        peer = "-" if figures.peer_rate is None else f"{figures.peer_rate:.0f}"
         print(
             f"{target:8} {rows:>9} {figures.raw_rate:11.0f} {figures.sync_rate:12.0f}"
-            f" {ratio:9.2f} {figures.peak_rss_mib:20.1f}"
+            f" {peer:>12} {ratio:9.2f} {figures.peak_rss_mib:20.1f}"
         )
     print("seconds in each step of the sync (running on the worker / queued before it ran):")
     for (target, rows), figures in results.items():

@@ -21,6 +21,7 @@ from nexpo_workflows.providers import (
     RecordVersion,
     UserRecord,
 )
+from nexpo_workflows.providers.base import KeysChecksum, RecordBatch, keys_checksum
 
 
 def make_user(**overrides: object) -> UserRecord:
@@ -140,6 +141,38 @@ class ProviderContract:
         stored = by_id(await provider.get_records(dataset, [r.id for r in written]))
         assert stored == by_id([tombstone, changed, *written[2:]])
         await provider.upsert_records(dataset, [])
+
+    async def test_a_batch_of_columns_upserts_and_its_checksums_match_the_records(
+        self, provider: DatabaseProvider
+    ) -> None:
+        dataset = f"ds_{uuid.uuid4().hex[:8]}"
+        written = make_records(300)
+        written[5] = written[5].model_copy(update={"deleted": True, "data": {}})
+        batch = RecordBatch(
+            ids=[r.id for r in written],
+            versions=[r.version for r in written],
+            deleted=[r.deleted for r in written],
+            data=[r.data for r in written],
+        )
+        await provider.upsert_batch(dataset, batch)
+        await provider.upsert_batch(dataset, batch)  # a replay, onto rows already there
+        ids = batch.ids
+        assert by_id(await provider.get_records(dataset, ids)) == by_id(written)
+        versions = [RecordVersion(id=r.id, version=r.version, deleted=r.deleted) for r in written]
+        halves = [ids[:150], [*ids[150:], "absent"]]
+        assert await provider.checksums(dataset, halves) == [
+            keys_checksum(versions[:150]),
+            keys_checksum(versions[150:]),
+        ]
+        # A newer version of one row (written as records) and a row gone: both sets differ.
+        newer = written[0].model_copy(update={"version": written[0].version + 1})
+        await provider.upsert_records(dataset, [newer])
+        await provider.delete_records(dataset, [ids[299]])
+        first, second = await provider.checksums(dataset, halves)
+        assert first != keys_checksum(versions[:150])
+        assert first.count == 150
+        assert second == keys_checksum(versions[150:299])
+        assert await provider.checksums(dataset, [["absent"]]) == [KeysChecksum(0, 0)]
 
     async def test_datasets_do_not_see_each_other(self, provider: DatabaseProvider) -> None:
         first, second = f"ds_{uuid.uuid4().hex[:8]}", f"ds_{uuid.uuid4().hex[:8]}"

@@ -31,10 +31,13 @@ from nexpo_workflows.providers.base import (
     DatasetRecord,
     DuplicateEmailError,
     InvalidRecordError,
+    KeysChecksum,
     ProviderUnavailableError,
+    RecordBatch,
     RecordVersion,
     UserRecord,
     chunked,
+    row_hash,
 )
 
 Document = dict[str, Any]
@@ -63,8 +66,37 @@ def record_key(dataset: str, record_id: str) -> str:
     return f"{len(dataset)}:{dataset}:{record_id}"
 
 
+# MongoDB computes no MD5: each record keeps its ``row_hash`` in this field, written with it and
+# summed by verification on the server.
+ROW_HASH_FIELD = "h"
+DUPLICATE_KEY = 11000
+
+
 def record_document(dataset: str, record: DatasetRecord) -> Document:
-    return {"_id": record_key(dataset, record.id), "dataset": dataset, **record.model_dump()}
+    return {
+        "_id": record_key(dataset, record.id),
+        "dataset": dataset,
+        **record.model_dump(),
+        ROW_HASH_FIELD: row_hash(record.id, record.version, record.deleted),
+    }
+
+
+def batch_documents(dataset: str, batch: RecordBatch) -> list[Document]:
+    prefix = record_key(dataset, "")
+    return [
+        {
+            "_id": prefix + record_id,
+            "dataset": dataset,
+            "id": record_id,
+            "version": version,
+            "deleted": deleted,
+            "data": data,
+            ROW_HASH_FIELD: hashed,
+        }
+        for record_id, version, deleted, data, hashed in zip(
+            batch.ids, batch.versions, batch.deleted, batch.data, batch.hashes(), strict=True
+        )
+    ]
 
 
 def records_filter(dataset: str, ids: Sequence[str]) -> Document:
@@ -195,6 +227,59 @@ class MongoProvider(DatabaseProvider):
             raise self._unavailable(error) from error
         except REFUSED as error:
             raise self._refused(error) from error
+
+    async def upsert_batch(self, dataset: str, batch: RecordBatch) -> None:
+        """Unordered inserts, then a replace of the documents that were there already: on a
+        new target (a first copy) every document is one insert, the cheapest write."""
+        if not batch:
+            return
+        collection = await self._ready_records()
+        documents = batch_documents(dataset, batch)
+        try:
+            try:
+                await collection.insert_many(documents, ordered=False)
+                return
+            except BulkWriteError as error:
+                errors = error.details.get("writeErrors", [])
+                if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    raise
+                present = [documents[e["index"]] for e in errors]
+            await collection.bulk_write(
+                [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in present], ordered=False
+            )
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from error
+        except REFUSED as error:
+            raise self._refused(error) from error
+
+    async def checksums(
+        self, dataset: str, key_sets: Sequence[Sequence[str]]
+    ) -> list[KeysChecksum]:
+        collection = await self._ready_records()
+        found = []
+        try:
+            for keys in key_sets:
+                count = total = 0
+                for chunk in chunked(keys, IN_LIST_CHUNK):
+                    cursor = await collection.aggregate(
+                        [
+                            {"$match": records_filter(dataset, chunk)},
+                            {
+                                "$group": {
+                                    "_id": None,
+                                    "count": {"$sum": 1},
+                                    "total": {"$sum": f"${ROW_HASH_FIELD}"},
+                                }
+                            },
+                        ]
+                    )
+                    for group in await cursor.to_list():
+                        count += group["count"]
+                        total += group["total"]
+                found.append(KeysChecksum(count, total))
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from error
+        return found
 
     async def _find_in_chunks(
         self, dataset: str, ids: Sequence[str], projection: Document

@@ -24,8 +24,11 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
+    event,
     exc,
+    func,
     insert,
+    literal_column,
     select,
     text,
 )
@@ -33,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import ClauseElement, Delete, Insert, Select
+from sqlalchemy.sql import ClauseElement, ColumnElement, Delete, Insert, Select
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from nexpo_workflows.errors import first_line
@@ -43,10 +46,13 @@ from nexpo_workflows.providers.base import (
     DatasetRecord,
     DuplicateEmailError,
     InvalidRecordError,
+    KeysChecksum,
     ProviderUnavailableError,
+    RecordBatch,
     RecordVersion,
     UserRecord,
     chunked,
+    row_hash,
 )
 
 metadata = MetaData()
@@ -147,6 +153,35 @@ class RecordStatements:
         return delete(records).where(records.c.dataset == dataset, records.c.id.in_(ids))
 
 
+# ``row_hash`` as each engine computes it over a row of ``records``: PostgreSQL from MD5 itself,
+# SQLite by the function every connection of the provider registers. Engines not named here
+# (SQL Server) read the versions and hash them in Python.
+ROW_HASH_FUNCTION = "nexpo_row_hash"
+_ROW_HASH_SQL = {
+    "postgresql": (
+        "('x' || substr(md5(id || ':' || version::text || ':'"
+        " || CASE WHEN deleted THEN '1' ELSE '0' END), 1, 12))::bit(48)::bigint"
+    ),
+    "sqlite": f"{ROW_HASH_FUNCTION}(id, version, deleted)",
+}
+# The staging table a PostgreSQL bulk write copies into, then upserts from in one statement.
+_STAGING = "nexpo_records_staging"
+_STAGING_DDL = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (dataset text, id text, version bigint,"
+    " deleted boolean, data text) ON COMMIT DELETE ROWS"
+)
+_UPSERT_FROM_STAGING = (
+    f"INSERT INTO {RECORDS_STORE} (dataset, id, version, deleted, data)"
+    f" SELECT dataset, id, version, deleted, data::json FROM {_STAGING}"
+    " ON CONFLICT (dataset, id) DO UPDATE SET version = excluded.version,"
+    " deleted = excluded.deleted, data = excluded.data"
+)
+
+
+def _sqlite_row_hash(record_id: str, version: int, deleted: int) -> int:
+    return row_hash(record_id, version, bool(deleted))
+
+
 def _driver_sql(statement: ClauseElement, dialect: Dialect) -> tuple[str, tuple[str, ...]]:
     """``statement`` as the driver's own SQL and the names of its parameters in order, for
     ``exec_driver_sql`` with plain tuples (no per-row parameter processing by SQLAlchemy)."""
@@ -175,6 +210,10 @@ def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
     return chunked(ids, IN_LIST_CHUNK)
 
 
+def _register_row_hash(dbapi_connection: Any, _: Any) -> None:
+    dbapi_connection.create_function(ROW_HASH_FUNCTION, 3, _sqlite_row_hash, deterministic=True)
+
+
 class SQLProvider(DatabaseProvider):
     """A provider over any SQLAlchemy async URL; subclasses only name themselves and their URL."""
 
@@ -184,6 +223,7 @@ class SQLProvider(DatabaseProvider):
         self._engine: AsyncEngine | None = None
         self._compiled_upsert: tuple[str, tuple[str, ...]] | None = None
         self._compiled_versions: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self._compiled_checksums: dict[int, tuple[str, tuple[str, ...]]] = {}
 
     async def _prepare(self) -> None:
         """Anything to do before the engine is created (a directory for a file database)."""
@@ -197,6 +237,8 @@ class SQLProvider(DatabaseProvider):
         # Looked up on its module at call time: OpenTelemetry's wrapper (tracing.py), installed
         # after this module was imported, then instruments the engine.
         engine = sqlalchemy_asyncio.create_async_engine(self.url, **self._engine_options)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _register_row_hash)
         try:
             async with engine.begin() as connection:
                 await connection.run_sync(metadata.create_all, checkfirst=True)
@@ -314,6 +356,90 @@ class SQLProvider(DatabaseProvider):
                 )
         except (exc.DBAPIError, OSError) as error:
             raise self._classified(error) from error
+
+    async def upsert_batch(self, dataset: str, batch: RecordBatch) -> None:
+        """PostgreSQL: COPY into a staging table, then one set-based upsert from it. SQLite:
+        the compiled upsert executed with the columns as tuples. Elsewhere: upsert_records."""
+        if not batch:
+            return
+        engine = await self.ready_engine()
+        data = [to_json(value).decode() for value in batch.data]
+        columns: dict[str, list[Any]] = {
+            "dataset": [dataset] * len(batch),
+            "id": batch.ids,
+            "version": batch.versions,
+            "deleted": batch.deleted,
+            "data": data,
+        }
+        try:
+            if engine.dialect.name == "postgresql":
+                await self._copy_upsert(engine, columns)
+                return
+            bulk = self._bulk_upsert(engine.dialect)
+            if bulk is None:
+                await self.upsert_records(dataset, batch.records())
+                return
+            sql, order = bulk
+            async with engine.begin() as connection:
+                rows = list(zip(*(columns[name] for name in order), strict=True))
+                await connection.exec_driver_sql(sql, rows)
+        except (exc.DBAPIError, OSError) as error:
+            raise self._classified(error) from error
+
+    async def _copy_upsert(self, engine: AsyncEngine, columns: dict[str, list[Any]]) -> None:
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver: Any = raw.driver_connection
+            try:
+                async with driver.transaction():
+                    await driver.execute(_STAGING_DDL)
+                    await driver.copy_records_to_table(
+                        _STAGING,
+                        records=zip(*columns.values(), strict=True),
+                        columns=list(columns),
+                    )
+                    await driver.execute(_UPSERT_FROM_STAGING)
+            except Exception as error:
+                # asyncpg's own errors, raised past SQLAlchemy's adapter: classified alike.
+                raise exc.DBAPIError(_UPSERT_FROM_STAGING, None, error) from error
+
+    def _checksums_sql(self, dialect: Dialect, count: int) -> tuple[str, tuple[str, ...]]:
+        """Count and row-hash sum of ``count`` ids, compiled once per count (see
+        ``_versions_sql``)."""
+        if count not in self._compiled_checksums:
+            hashed: ColumnElement[int] = literal_column(_ROW_HASH_SQL[dialect.name])
+            statement = select(func.count(), func.sum(hashed)).where(
+                records.c.dataset == bindparam("dataset"),
+                records.c.id.in_([bindparam(f"id{n}") for n in range(count)]),
+            )
+            self._compiled_checksums[count] = _driver_sql(statement, dialect)
+        return self._compiled_checksums[count]
+
+    async def checksums(
+        self, dataset: str, key_sets: Sequence[Sequence[str]]
+    ) -> list[KeysChecksum]:
+        engine = await self.ready_engine()
+        if engine.dialect.name not in _ROW_HASH_SQL:
+            return await super().checksums(dataset, key_sets)
+        found: list[KeysChecksum] = []
+        try:
+            async with engine.connect() as connection:
+                for keys in key_sets:
+                    sums = KeysChecksum(0, 0)
+                    for chunk in _chunks(keys):
+                        sql, order = self._checksums_sql(engine.dialect, len(chunk))
+                        values = {"dataset": dataset, **{f"id{n}": i for n, i in enumerate(chunk)}}
+                        result = await connection.exec_driver_sql(
+                            sql, tuple(values[name] for name in order)
+                        )
+                        row: Sequence[Any] = result.one()
+                        count, total = row
+                        # No row: the sum is NULL.
+                        sums = KeysChecksum(sums.count + count, sums.total + int(total or 0))
+                    found.append(sums)
+        except (exc.DBAPIError, OSError) as error:
+            raise self._classified(error) from error
+        return found
 
     async def _select_in_chunks(
         self, statement: Any, dataset: str, ids: Sequence[str]

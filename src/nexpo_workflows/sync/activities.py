@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,14 @@ from temporalio.exceptions import ApplicationError
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.heartbeats import heartbeating
 from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, ProviderUnavailableError
-from nexpo_workflows.providers.base import RecordVersion
+from nexpo_workflows.providers.base import (
+    KeysChecksum,
+    RecordBatch,
+    RecordVersion,
+    chunked,
+    keys_checksum,
+    row_hash,
+)
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.capture import (
     CaptureRefusedError,
@@ -69,14 +75,18 @@ PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 _AS_JSON = RowValidator(None)
 # Validated batches a worker keeps for the writes that follow (one per dataset in flight).
 VALIDATED_BATCHES_KEPT = 4
+# Keys per checksum that verification compares first; a set that differs is halved until
+# ``READ_BACK_KEYS`` or fewer, whose versions are then read back and compared one by one.
+CHECKSUM_KEYS = 1000
+READ_BACK_KEYS = 125
 
 
 @dataclass(slots=True)
 class PreparedBatch:
     """A batch as the targets receive it."""
 
-    # Valid rows, as targets store them (upserted).
-    records: list[DatasetRecord] = field(default_factory=list)
+    # Valid rows, as targets store them (upserted), as columns.
+    records: RecordBatch = field(default_factory=RecordBatch)
     # Keys gone from the source (log capture): deleted from every target.
     gone: list[str] = field(default_factory=list)
     quarantine: list[DatasetRecord] = field(default_factory=list)
@@ -102,12 +112,8 @@ def content_version(record: DatasetRecord) -> int:
     return int.from_bytes(hashlib.sha256(to_json(record.data)).digest()[:6], "big")
 
 
-def checksum(versions: Iterable[RecordVersion]) -> str:
-    """SHA-256 over the sorted (id, version, tombstone) triples of a range."""
-    digest = hashlib.sha256()
-    for item in sorted(versions, key=lambda v: v.id):
-        digest.update(f"{item.id}\x1f{item.version}\x1f{int(item.deleted)}\n".encode())
-    return digest.hexdigest()
+def _spelled(checksum: KeysChecksum) -> str:
+    return f"{checksum.count}:{checksum.total:x}"
 
 
 def _refusal(error: Exception) -> ApplicationError:
@@ -214,23 +220,28 @@ class SyncActivities:
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
         prepared = PreparedBatch(gone=gone)
+        # A tombstone carries no fields to check.
+        live = [row for row in rows if not row.deleted]
+        fields, errors = validate.batch([_carried(dataset, row.data) for row in live])
+        checked = iter(enumerate(fields))
+        records = prepared.records
         for row in rows:
-            try:
-                # A tombstone carries no fields to check.
-                data = {} if row.deleted else validate(_carried(dataset, row.data))
-            except ValidationError as error:
-                prepared.quarantine.append(
-                    DatasetRecord(
-                        id=row.id,
-                        version=row.version,
-                        data={"reason": _reason(error), "row": _AS_JSON(row.data)},
+            data: dict[str, Any] | None = {}
+            if not row.deleted:
+                index, data = next(checked)
+                if data is None:
+                    prepared.quarantine.append(
+                        DatasetRecord(
+                            id=row.id,
+                            version=row.version,
+                            data={"reason": _reason(errors[index]), "row": _AS_JSON(row.data)},
+                        )
                     )
-                )
-                continue
-            # Validating the record costs less than model_construct, pure Python in pydantic 2.
-            prepared.records.append(
-                DatasetRecord(id=row.id, version=row.version, deleted=row.deleted, data=data)
-            )
+                    continue
+            records.ids.append(row.id)
+            records.versions.append(row.version)
+            records.deleted.append(row.deleted)
+            records.data.append(data or {})
         self._validated[plan.dataset, batch] = prepared
         while len(self._validated) > VALIDATED_BATCHES_KEPT:
             self._validated.popitem(last=False)
@@ -416,17 +427,13 @@ class SyncActivities:
         # in a copy of the table, which repairs what it wrote.
         repair = input.only_ids is not None and batch.kind is not PositionKind.SNAPSHOT
         prepared = await self._prepared(plan, batch, fresh=repair)
-        skip, only = set(input.skip_ids), set(input.only_ids or ())
-        records = [
-            record
-            for record in prepared.records
-            if record.id not in skip and (input.only_ids is None or record.id in only)
-        ]
-        gone = [key for key in prepared.gone if input.only_ids is None or key in only]
+        only = None if input.only_ids is None else set(input.only_ids)
+        records = _selected(prepared.records, set(input.skip_ids), only)
+        gone = [key for key in prepared.gone if only is None or key in only]
         target = self._provider(input.target)
         try:
             async with heartbeating(f"writing {len(records)} rows"):
-                await target.upsert_records(plan.dataset, records)
+                await target.upsert_batch(plan.dataset, records)
                 if gone:
                     await target.delete_records(plan.dataset, gone)
         except ProviderUnavailableError as error:
@@ -435,27 +442,22 @@ class SyncActivities:
 
     async def _expected(
         self, plan: SyncPlan, batch: ChangeBatch, skip: set[str], *, by_content: bool
-    ) -> tuple[list[RecordVersion], list[str]]:
-        """What every target must hold for the batch now: (id, version, tombstone) of each row,
-        and the keys it must not hold."""
+    ) -> tuple[dict[str, tuple[int, bool]], list[str]]:
+        """What every target must hold for the batch now: (version, tombstone) by id, and the
+        keys it must not hold."""
         if batch.kind is PositionKind.VERSIONS:
             versions = await self._source(plan).versions(batch.after, batch.last)
-            return [v for v in versions if v.id not in skip], []
-        # A copy of the table is checked against the rows it wrote: a row inserted into a
-        # copied range since is in the log, and arrives with it. An audit and the log's
-        # changes are checked against the source as it is now.
-        copy = batch.kind is PositionKind.SNAPSHOT and not by_content
-        prepared = await self._prepared(plan, batch, fresh=not copy)
-        expected = [
-            RecordVersion(
-                id=r.id,
-                version=content_version(r) if by_content else r.version,
-                deleted=r.deleted,
-            )
-            for r in prepared.records
-            if r.id not in skip
-        ]
-        return expected, prepared.gone
+            return {v.id: (v.version, v.deleted) for v in versions if v.id not in skip}, []
+        # The rows this worker validated and wrote (a worker that did not reads the batch
+        # again): a row changed since is in a later batch of the log, and a row inserted into
+        # a copied range since arrives with the log. An audit compares the fields of the
+        # source as it is now.
+        prepared = await self._prepared(plan, batch, fresh=by_content)
+        records = _selected(prepared.records, skip, None)
+        if by_content:
+            return {r.id: (content_version(r), r.deleted) for r in records.records()}, prepared.gone
+        states = zip(records.versions, records.deleted, strict=True)
+        return dict(zip(records.ids, states, strict=True)), prepared.gone
 
     async def _held(
         self, plan: SyncPlan, target: str, ids: list[str], *, by_content: bool
@@ -468,30 +470,55 @@ class SyncActivities:
             for r in await provider.get_records(plan.dataset, ids)
         ]
 
-    @activity.defn(name="verify_sync")
-    async def verify_sync(self, input: VerifyInput) -> VerifyOutcome:
-        """Compare the batch between the source and every target: count and checksum over
-        ids and versions; the differing ids of each target that does not match (a row missing
-        or different, a key that should be gone)."""
-        plan, batch, by_content = input.plan, input.batch, input.by_content
-        try:
-            expected, gone = await self._expected(
-                plan, batch, set(input.skip_ids), by_content=by_content
+    async def _differing(
+        self,
+        plan: SyncPlan,
+        target: str,
+        wanted: dict[str, tuple[int, bool]],
+        key_sets: list[list[str]],
+    ) -> tuple[list[str], KeysChecksum]:
+        """The keys among ``key_sets`` whose (version, tombstone) on ``target`` is not the
+        wanted one (absent from ``wanted``: must not be there), and what the target holds of
+        them all. Each set is compared by its checksum, computed in the database; one that
+        differs is halved, and a small one read back."""
+        provider = self._provider(target)
+        found = await provider.checksums(plan.dataset, key_sets)
+        held = KeysChecksum(sum(c.count for c in found), sum(c.total for c in found))
+        pending = [
+            keys
+            for keys, checksum in zip(key_sets, found, strict=True)
+            if checksum != _checksum_of(keys, wanted)
+        ]
+        differing: list[str] = []
+        while pending:
+            small = [key for keys in pending if len(keys) <= READ_BACK_KEYS for key in keys]
+            if small:
+                versions = await provider.record_versions(plan.dataset, small)
+                stored = {v.id: (v.version, v.deleted) for v in versions}
+                differing += [key for key in small if stored.get(key) != wanted.get(key)]
+            halves = [
+                half
+                for keys in pending
+                if len(keys) > READ_BACK_KEYS
+                for half in (keys[: len(keys) // 2], keys[len(keys) // 2 :])
+            ]
+            found = await provider.checksums(plan.dataset, halves) if halves else []
+            pending = [
+                keys
+                for keys, checksum in zip(halves, found, strict=True)
+                if checksum != _checksum_of(keys, wanted)
+            ]
+        return differing, held
+
+    async def _by_content(
+        self, plan: SyncPlan, wanted: dict[str, tuple[int, bool]], gone: list[str]
+    ) -> list[TargetMismatch]:
+        """An audit: every row's fields read back from every target and compared."""
+        ids = [*wanted, *gone]
+        async with heartbeating("reading the targets"):
+            found = await asyncio.gather(
+                *(self._held(plan, target, ids, by_content=True) for target in plan.targets)
             )
-            ids = [v.id for v in expected] + gone
-            async with heartbeating("reading the targets"):
-                found = await asyncio.gather(
-                    *(
-                        self._held(plan, target, ids, by_content=by_content)
-                        for target in plan.targets
-                    )
-                )
-        except SourceConfigError as error:
-            raise _refusal(error) from error
-        except ProviderUnavailableError as error:
-            raise _unavailable(error) from error
-        # Tuples, not the models: comparing pydantic models is the slower part of a large batch.
-        wanted = {v.id: (v.version, v.deleted) for v in expected}
         mismatches = []
         for target, versions in zip(plan.targets, found, strict=True):
             held = {v.id: (v.version, v.deleted) for v in versions}
@@ -501,13 +528,50 @@ class SyncActivities:
                 mismatches.append(
                     TargetMismatch(
                         target=target,
-                        source_count=len(expected),
+                        source_count=len(wanted),
                         target_count=len(versions),
-                        source_checksum=checksum(expected),
-                        target_checksum=checksum(versions),
+                        source_checksum=_spelled(_checksum_of(list(wanted), wanted)),
+                        target_checksum=_spelled(keys_checksum(versions)),
                         ids=differing,
                     )
                 )
+        return mismatches
+
+    @activity.defn(name="verify_sync")
+    async def verify_sync(self, input: VerifyInput) -> VerifyOutcome:
+        """Compare the batch between the source and every target: per set of keys, the count
+        and the sum of a hash of (id, version, tombstone), computed by each database and, for
+        the source, from the batch in memory; where they differ, the ids that do (a row
+        missing or different, a key that should be gone)."""
+        plan, batch = input.plan, input.batch
+        try:
+            wanted, gone = await self._expected(
+                plan, batch, set(input.skip_ids), by_content=input.by_content
+            )
+            if input.by_content:
+                return VerifyOutcome(mismatches=await self._by_content(plan, wanted, gone))
+            key_sets = [list(keys) for keys in chunked(list(wanted), CHECKSUM_KEYS)]
+            key_sets += [list(keys) for keys in chunked(gone, CHECKSUM_KEYS)]
+            async with heartbeating("comparing checksums"):
+                found = await asyncio.gather(
+                    *(self._differing(plan, target, wanted, key_sets) for target in plan.targets)
+                )
+        except SourceConfigError as error:
+            raise _refusal(error) from error
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
+        mismatches = [
+            TargetMismatch(
+                target=target,
+                source_count=len(wanted),
+                target_count=held.count,
+                source_checksum=_spelled(_checksum_of(list(wanted), wanted)),
+                target_checksum=_spelled(held),
+                ids=differing,
+            )
+            for target, (differing, held) in zip(plan.targets, found, strict=True)
+            if differing
+        ]
         return VerifyOutcome(mismatches=mismatches)
 
     @activity.defn(name="erase_synced_copies")
@@ -529,6 +593,31 @@ class SyncActivities:
             self.verify_sync,
             self.erase_synced_copies,
         ]
+
+
+def _selected(records: RecordBatch, skip: set[str], only: set[str] | None) -> RecordBatch:
+    """The records whose id is not in ``skip`` and (unless None) is in ``only``."""
+    if not skip and only is None:
+        return records
+    keep = [
+        n
+        for n, record_id in enumerate(records.ids)
+        if record_id not in skip and (only is None or record_id in only)
+    ]
+    return RecordBatch(
+        ids=[records.ids[n] for n in keep],
+        versions=[records.versions[n] for n in keep],
+        deleted=[records.deleted[n] for n in keep],
+        data=[records.data[n] for n in keep],
+    )
+
+
+def _checksum_of(keys: list[str], wanted: dict[str, tuple[int, bool]]) -> KeysChecksum:
+    """What a target must hold of ``keys``: the wanted ones, none of the others."""
+    present = [(key, wanted[key]) for key in keys if key in wanted]
+    return KeysChecksum(
+        len(present), sum(row_hash(key, version, deleted) for key, (version, deleted) in present)
+    )
 
 
 def _record_lag(plan: SyncPlan, lag: float | None) -> None:

@@ -6,7 +6,7 @@ from datetime import datetime
 from importlib import import_module
 from typing import Any
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.sync.models import DatasetConfig, SyncPlan, SyncSource
@@ -18,6 +18,7 @@ QUARANTINE_PREFIX = "quarantine_"
 WATERMARKS_DATASET = "nexpo_sync_watermarks"
 
 _ANY_FIELDS: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+_ANY_ROWS: TypeAdapter[list[dict[str, Any]]] = TypeAdapter(list[dict[str, Any]])
 
 
 class DatasetConfigError(Exception):
@@ -119,7 +120,11 @@ class RowValidator:
     """A dataset's schema: turns a source row's fields into the JSON every target stores."""
 
     def __init__(self, row_schema: str | None) -> None:
-        self._model = _import_model(row_schema) if row_schema else None
+        model = _import_model(row_schema) if row_schema else None
+        self._model = model
+        self._rows: TypeAdapter[list[Any]] = (
+            TypeAdapter(list[model]) if model is not None else _ANY_ROWS  # type: ignore[valid-type]
+        )
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         """The fields as JSON values; raises pydantic's ValidationError when they are wrong."""
@@ -129,6 +134,33 @@ class RowValidator:
         else:
             dumped = self._model.model_validate(data).model_dump(mode="json")
         return dumped
+
+    def batch(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any] | None], dict[int, ValidationError]]:
+        """Every row's fields as JSON values (None where invalid) and the error of each invalid
+        row by its index: the whole batch in one call into pydantic-core; the model runs on
+        its own only for the rows that fail, to give each its reason."""
+        if self._model is None:
+            return list(_ANY_ROWS.dump_python(rows, mode="json")), {}
+        try:
+            valid = self._rows.validate_python(rows)
+        except ValidationError as error:
+            failing = sorted({int(e["loc"][0]) for e in error.errors()})
+        else:
+            return list(self._rows.dump_python(valid, mode="json")), {}
+        errors: dict[int, ValidationError] = {}
+        for index in failing:
+            try:
+                self._model.model_validate(rows[index])
+            except ValidationError as row_error:
+                errors[index] = row_error
+        dumped: list[dict[str, Any] | None] = [None] * len(rows)
+        passing = [n for n in range(len(rows)) if n not in errors]
+        models = self._rows.validate_python([rows[n] for n in passing])
+        for n, data in zip(passing, self._rows.dump_python(models, mode="json"), strict=True):
+            dumped[n] = data
+        return dumped, errors
 
 
 def _import_model(path: str) -> type[BaseModel]:

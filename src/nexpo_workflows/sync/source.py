@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import ProviderUnavailableError, RecordVersion
@@ -154,6 +155,32 @@ class SourceTable:
         except (exc.DBAPIError, OSError) as error:
             raise self._unavailable(error) from error
 
+    async def _fetch_dicts(self, statement: Select[Any]) -> list[dict[str, Any]]:
+        """The rows of ``statement`` as dicts by column name. From PostgreSQL straight from
+        asyncpg's records, past SQLAlchemy's result rows: reading a batch is then one pass in
+        C and one dict per row."""
+        engine = await self._provider.ready_engine()
+        try:
+            async with engine.connect() as connection:
+                if engine.dialect.name != "postgresql":
+                    result = await connection.execute(statement)
+                    names = list(result.keys())
+                    return [dict(zip(names, row, strict=True)) for row in result]
+                compiled = statement.compile(
+                    dialect=engine.dialect, compile_kwargs={"render_postcompile": True}
+                )
+                assert isinstance(compiled, SQLCompiler)
+                assert compiled.positiontup is not None
+                values = compiled.construct_params()
+                raw = await connection.get_raw_connection()
+                driver: Any = raw.driver_connection
+                records = await _driver_fetch(
+                    driver, str(compiled), [values[name] for name in compiled.positiontup]
+                )
+                return [dict(record.items()) for record in records]
+        except (exc.DBAPIError, OSError) as error:
+            raise self._unavailable(error) from error
+
     def _ordered(self, table: Table, statement: Select[Any], kind: PositionKind) -> Select[Any]:
         key = table.c[self._source.key_column]
         if kind is PositionKind.SNAPSHOT:
@@ -214,11 +241,8 @@ class SourceTable:
         statement = self._ordered(
             table, select(table).where(*self._range(table, after, last)), kind
         )
-        # Names zipped with each row: Row._asdict() rebuilds its key view for every row.
-        names = table.c.keys()
         found = []
-        for row in await self._fetch(statement):
-            values = dict(zip(names, row, strict=True))
+        for values in await self._fetch_dicts(statement):
             version = (
                 to_version(values[self._source.updated_at_column])
                 if kind is PositionKind.VERSIONS
@@ -232,14 +256,12 @@ class SourceTable:
         (its last change's log position); a key not returned is gone from the dataset."""
         table = await self._reflected()
         key = table.c[self._source.key_column]
-        names = table.c.keys()
         found = []
         wanted = list(versions)
         for start in range(0, len(wanted), IN_LIST_CHUNK):
             chunk = [self._key_value(table, k) for k in wanted[start : start + IN_LIST_CHUNK]]
             statement = select(table).where(*self._where(table), key.in_(chunk))
-            for row in await self._fetch(statement):
-                values = dict(zip(names, row, strict=True))
+            for values in await self._fetch_dicts(statement):
                 found.append(self._source_row(values, versions[str(values[key.name])]))
         return found
 
@@ -263,3 +285,14 @@ class SourceTable:
             )
             for values in await self._fetch(statement)
         ]
+
+
+async def _driver_fetch(driver: Any, sql: str, parameters: list[Any]) -> list[Any]:
+    """asyncpg's ``fetch``, its errors raised as SQLAlchemy's (as through the engine)."""
+    from asyncpg import InterfaceError, PostgresError
+
+    try:
+        records: list[Any] = await driver.fetch(sql, *parameters)
+    except (PostgresError, InterfaceError) as error:
+        raise exc.DBAPIError(sql, None, error) from error
+    return records
