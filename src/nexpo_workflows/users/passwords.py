@@ -71,6 +71,11 @@ class PasswordHashing:
             QUEUE_PER_WORKER * workers if queue_limit is None else queue_limit,
         )
 
+    @property
+    def pending(self) -> int:
+        """Hashes being computed or waiting for a thread."""
+        return self._pending
+
     async def hash(self, password: SecretStr) -> str:
         return await self._submit(self.hasher.hash, password.get_secret_value())
 
