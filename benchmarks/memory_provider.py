@@ -49,6 +49,13 @@ class MemoryProvider(DatabaseProvider):
     async def delete_user(self, user_id: str) -> bool:
         return self.users.pop(user_id, None) is not None
 
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        user = self.users.get(user_id)
+        if user is None:
+            return False
+        self.users[user_id] = user.model_copy(update={"password_hash": password_hash})
+        return True
+
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
         # Copies: a caller changing its records afterwards must not change what is stored.
         self.records.update(

@@ -96,6 +96,9 @@ class FaultyProvider(DatabaseProvider):
             raise InjectedFailure(f"{self.name}: injected delete failure {self.delete_calls}")
         return await self.inner.delete_user(user_id)
 
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        return await self.inner.set_password_hash(user_id, password_hash)
+
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
         self.upsert_calls += 1
         if self.upsert_down:

@@ -102,6 +102,18 @@ class ProviderContract:
     ) -> None:
         assert await provider.delete_user(str(uuid.uuid4())) is False
 
+    async def test_a_password_hash_is_replaced_and_the_rest_kept(
+        self, provider: DatabaseProvider
+    ) -> None:
+        user = make_user()
+        await provider.create_user(user)
+        rehashed = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"
+        assert await provider.set_password_hash(user.id, rehashed)
+        assert await provider.get_user(user.id) == user.model_copy(
+            update={"password_hash": rehashed}
+        )
+        assert not await provider.set_password_hash(str(uuid.uuid4()), rehashed)
+
     async def test_email_is_free_again_after_delete(self, provider: DatabaseProvider) -> None:
         user = make_user()
         await provider.create_user(user)

@@ -54,6 +54,10 @@ def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ("METRICS_BIND_ADDRESS", "9464", "METRICS_BIND_ADDRESS: Value error, a metrics bind"),
         ("TEMPORAL_TLS_CLIENT_CERT", "/no/such.pem", "no readable file at /no/such.pem"),
         ("TEMPORAL_MAX_CONCURRENT_ACTIVITIES", "0", "TEMPORAL_MAX_CONCURRENT_ACTIVITIES"),
+        ("PASSWORD_HASH_MEMORY_KIB", "4096", "PASSWORD_HASH_MEMORY_KIB: Input should be greater"),
+        # Cheaper than OWASP's table allows for two passes (19 MiB).
+        ("PASSWORD_HASH_MEMORY_KIB", "12288", "PASSWORD_HASH_MEMORY_KIB must be at least 19456"),
+        ("PASSWORD_HASH_QUEUE_LIMIT", "-1", "PASSWORD_HASH_QUEUE_LIMIT: Input should be greater"),
     ],
 )
 def test_a_wrong_value_names_the_variable(

@@ -11,14 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from argon2 import PasswordHasher
 from temporalio.client import Client, WorkflowFailureError
 
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.sync.models import SyncInput
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.users.models import OnboardingInput
-from nexpo_workflows.users.service import hash_password, onboarding_workflow_id
+from nexpo_workflows.users.service import onboarding_workflow_id
 from nexpo_workflows.users.workflows import UserOnboardingWorkflow
 from tests.conftest import SUBMITTED_PASSWORDS
 from tests.test_worker_processes import run_health_checks, wait_for_pollers, worker_process
@@ -119,7 +119,7 @@ async def test_every_dashboard_metric_is_on_a_real_workers_endpoint(
         user = OnboardingInput(
             email=f"grace.{uuid.uuid4().hex[:12]}@example.com",
             name="Grace Hopper",
-            password_hash=await hash_password(SecretStr(password)),
+            password_hash=PasswordHasher().hash(password),
         )
         await client.execute_workflow(
             UserOnboardingWorkflow.run,

@@ -88,6 +88,9 @@ def test_sqlserver_statements_compile_with_the_mssql_dialect() -> None:
     assert "FROM nexpo_users" in select
     assert "WHERE nexpo_users.id = " in select
     assert compiled(UserStatements.delete_user(user.id)).startswith("DELETE FROM nexpo_users")
+    rehash = compiled(UserStatements.set_password_hash(user.id, user.password_hash))
+    assert rehash.startswith("UPDATE nexpo_users SET password_hash=")
+    assert "WHERE nexpo_users.id = " in rehash
 
 
 def test_sqlserver_record_statements_compile_with_the_mssql_dialect() -> None:

@@ -20,6 +20,9 @@ from nexpo_workflows.sync.models import CaptureMode, DatasetConfig
 
 DEFAULT_TEMPORAL_SERVER_URL = "localhost:7233"
 TEMPORAL_CLOUD_PORT = 7233
+# OWASP's Password Storage Cheat Sheet: the least Argon2id memory (KiB) for a number of passes,
+# all equally strong; five passes or more need 7 MiB.
+OWASP_ARGON2ID_MEMORY_KIB = {1: 46 * 1024, 2: 19 * 1024, 3: 12 * 1024, 4: 9 * 1024, 5: 7 * 1024}
 
 
 class ConfigError(Exception):
@@ -159,6 +162,21 @@ class Settings(BaseSettings):
     onboarding_timeout_seconds: float = Field(default=120.0, gt=0)
     onboarding_step_timeout_seconds: float = Field(default=10.0, gt=0)
     onboarding_compensation_attempts: int = Field(default=10, ge=1)
+
+    # --- Password hashing (at the gateway and the CLI) ---------------------------------------
+    # Argon2id at OWASP's recommended cost (19 MiB, 2 passes, 1 lane): ~65 ms a hash on one
+    # core. Cheaper combinations than OWASP's table allows are refused (see
+    # _owasp_password_hash_cost); stored hashes made with other parameters are replaced the
+    # next time their password is checked.
+    password_hash_memory_kib: int = Field(default=19 * 1024, ge=7 * 1024, le=4 * 1024 * 1024)
+    password_hash_time_cost: int = Field(default=2, ge=1, le=20)
+    password_hash_parallelism: int = Field(default=1, ge=1, le=16)
+    # Hashes computed at once, each on a thread of its own (Argon2 releases the GIL); unset:
+    # one per CPU core.
+    password_hash_workers: int | None = Field(default=None, ge=1, le=256)
+    # Requests that may wait for a free hasher, beyond those being hashed; unset: 8 per
+    # worker. Past it the gateway answers 503 with Retry-After at once.
+    password_hash_queue_limit: int | None = Field(default=None, ge=0, le=100_000)
 
     # --- Language model (Claude) ----------------------------------------------------------
     # Unset: an offline model that answers deterministic text saying it is offline.
@@ -338,6 +356,17 @@ class Settings(BaseSettings):
         if (self.temporal_tls_client_cert is None) != (self.temporal_tls_client_key is None):
             raise ValueError(
                 "TEMPORAL_TLS_CLIENT_CERT and TEMPORAL_TLS_CLIENT_KEY must be set together"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _owasp_password_hash_cost(self) -> Settings:
+        least = OWASP_ARGON2ID_MEMORY_KIB[min(self.password_hash_time_cost, 5)]
+        if self.password_hash_memory_kib < least:
+            raise ValueError(
+                f"PASSWORD_HASH_MEMORY_KIB must be at least {least} with "
+                f"PASSWORD_HASH_TIME_COST={self.password_hash_time_cost} (OWASP's minimum for "
+                "Argon2id)"
             )
         return self
 

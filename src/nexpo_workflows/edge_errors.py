@@ -1,9 +1,10 @@
 """What the edges (the gateway and the CLI) say when a dependency or the input is the problem.
 
-One classification serves both: a dependency that is down is "unavailable" (HTTP 503 with a
-Retry-After, CLI exit 1), input a dependency refused is "refused" (HTTP 422, CLI exit 2), and
-a Temporal answer about something that does not exist or already does is "not_found" (404,
-exit 1) or "conflict" (409, exit 1). Anything else is a bug and stays one.
+One classification serves both: a dependency that is down, or password hashing with its queue
+full, is "unavailable" (HTTP 503 with a Retry-After, CLI exit 1), input a dependency refused
+is "refused" (HTTP 422, CLI exit 2), and a Temporal answer about something that does not
+exist or already does is "not_found" (404, exit 1) or "conflict" (409, exit 1). Anything else
+is a bug and stays one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from nexpo_workflows.errors import first_line
 from nexpo_workflows.health.run import HealthCheckUnavailableError
 from nexpo_workflows.providers import InvalidRecordError, ProviderUnavailableError
 from nexpo_workflows.storage import StoreUnavailableError
+from nexpo_workflows.users.passwords import PasswordHashingBusyError
 
 Kind = Literal["unavailable", "refused", "not_found", "conflict"]
 
@@ -31,6 +33,7 @@ EDGE_ERRORS: tuple[type[Exception], ...] = (
     ProviderUnavailableError,
     InvalidRecordError,
     StoreUnavailableError,
+    PasswordHashingBusyError,
 )
 
 # Seconds a client should wait before trying again when a dependency is down (Retry-After).
@@ -40,6 +43,7 @@ TEMPORAL = "temporal"
 WORKER = "worker"
 DATABASE = "database"
 OBJECT_STORE = "object store"
+PASSWORD_HASHING = "password hashing"
 
 # What a query or an update gets when no worker answers within its rpc_timeout.
 _TIMEOUTS = {RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED}
@@ -86,4 +90,6 @@ def classify(error: Exception) -> EdgeFailure:
         return EdgeFailure("refused", DATABASE, reason)
     if isinstance(error, StoreUnavailableError):
         return EdgeFailure("unavailable", OBJECT_STORE, reason)
+    if isinstance(error, PasswordHashingBusyError):
+        return EdgeFailure("unavailable", PASSWORD_HASHING, reason)
     raise TypeError(f"{type(error).__name__} is not an edge error") from error

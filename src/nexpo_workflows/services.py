@@ -1,4 +1,4 @@
-"""What activities need at run time, built once per process from the settings."""
+"""What activities and the edges need at run time, built once per process from the settings."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from nexpo_workflows.llm import LanguageModel, configured_model
 from nexpo_workflows.notify import Notifier, enabled_notifiers
 from nexpo_workflows.providers import DatabaseProvider, enabled_providers
 from nexpo_workflows.storage import ObjectStore, enabled_stores
+from nexpo_workflows.users.passwords import PasswordHashing
 
 
 @dataclass
@@ -22,6 +23,11 @@ class Services:
     stores: dict[str, ObjectStore] = field(default_factory=dict)
     language_model: LanguageModel | None = None
     notifiers: dict[str, Notifier] = field(default_factory=dict)
+    # Shared by every request of the process: its queue bound holds across requests.
+    passwords: PasswordHashing = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.passwords = PasswordHashing.from_settings(self.settings)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Client | None = None) -> Services:
@@ -41,6 +47,7 @@ class Services:
         return DependencyChecker({**self.providers, **self.stores}, self.client)
 
     async def close(self) -> None:
+        self.passwords.close()
         for provider in self.providers.values():
             await provider.close()
         for store in self.stores.values():

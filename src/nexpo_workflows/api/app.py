@@ -73,8 +73,9 @@ _EDGE_STATUS = {
 }
 _EDGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
-        "description": "A dependency (temporal, database, object store) is down; the body "
-        "names it, Retry-After says when to try again"
+        "description": "A dependency (temporal, database, object store) is down, or too "
+        "many passwords wait to be hashed; the body names it, Retry-After says when to try "
+        "again"
     },
 }
 

@@ -156,6 +156,11 @@ class DatabaseProvider(ABC):
     async def delete_user(self, user_id: str) -> bool:
         """Remove the record with this id; True if one was there. Absent is not an error."""
 
+    @abstractmethod
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        """Replace the password hash of the record with this id (a rehash with new
+        parameters); True if one was there. Absent is not an error."""
+
     def sql_source(self) -> SQLProvider | None:
         """The SQL provider behind this one, which sync can read a table of; None if none."""
         return None

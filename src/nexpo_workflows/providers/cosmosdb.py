@@ -417,6 +417,19 @@ class CosmosProvider(DatabaseProvider):
                 return False  # a concurrent delete removed it first
         return True
 
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        container = await self._ready_container()
+        with self._classifying_errors():
+            item = await self._read(container, user_partition(user_id), user_id)
+            if item is None:
+                return False
+            user = user_record(item).model_copy(update={"password_hash": password_hash})
+            try:
+                await container.replace_item(user_id, user_item(user))
+            except CosmosResourceNotFoundError:
+                return False  # a concurrent delete removed it first
+        return True
+
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
         if not records:
             return

@@ -211,6 +211,16 @@ class MongoProvider(DatabaseProvider):
             raise self._unavailable(error) from error
         return result.deleted_count > 0
 
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        users = await self._ready_users()
+        try:
+            result = await users.update_one(
+                {"_id": user_id}, {"$set": {"password_hash": password_hash}}
+            )
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from error
+        return result.matched_count > 0
+
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
         if not records:
             return

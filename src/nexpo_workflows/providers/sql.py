@@ -31,12 +31,13 @@ from sqlalchemy import (
     literal_column,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import ClauseElement, ColumnElement, Delete, Insert, Select
+from sqlalchemy.sql import ClauseElement, ColumnElement, Delete, Insert, Select, Update
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from nexpo_workflows.errors import first_line
@@ -104,6 +105,10 @@ class UserStatements:
     @staticmethod
     def delete_user(user_id: str) -> Delete:
         return delete(users).where(users.c.id == user_id)
+
+    @staticmethod
+    def set_password_hash(user_id: str, password_hash: str) -> Update:
+        return update(users).where(users.c.id == user_id).values(password_hash=password_hash)
 
 
 # The dialects whose INSERT has ON CONFLICT DO UPDATE, by name.
@@ -307,10 +312,16 @@ class SQLProvider(DatabaseProvider):
         return UserRecord.model_validate(values)
 
     async def delete_user(self, user_id: str) -> bool:
+        return await self._changes_a_row(UserStatements.delete_user(user_id))
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        return await self._changes_a_row(UserStatements.set_password_hash(user_id, password_hash))
+
+    async def _changes_a_row(self, statement: Delete | Update) -> bool:
         engine = await self.ready_engine()
         try:
             async with engine.begin() as connection:
-                result = await connection.execute(UserStatements.delete_user(user_id))
+                result = await connection.execute(statement)
         except (exc.DBAPIError, OSError) as error:
             raise self._classified(error) from error
         return bool(result.rowcount)

@@ -242,6 +242,20 @@ class SupabaseProvider(DatabaseProvider):
             raise self._classified(error) from error
         return bool(response.data)
 
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        client = await self._ready_client()
+        try:
+            response = (
+                await client.table(self.table)
+                .update({"password_hash": password_hash}, returning=ReturnMethod.representation)
+                .eq("id", user_id)
+                .select("id")
+                .execute()
+            )
+        except (APIError, httpx.TransportError) as error:
+            raise self._classified(error) from error
+        return bool(response.data)
+
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
         if not records:
             return

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import to_json
@@ -25,7 +24,8 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from nexpo_workflows.providers import DatabaseProvider
+from nexpo_workflows.errors import first_line
+from nexpo_workflows.providers import DatabaseProvider, ProviderUnavailableError
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.datasets import USERS_TABLE
 from nexpo_workflows.sync.erasure import EraseCopiesInput, erase_copies
@@ -52,7 +52,8 @@ from nexpo_workflows.users.steps import (
 )
 from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
 
-_hasher = PasswordHasher()  # Argon2id with the library's current recommended parameters
+log = logging.getLogger(__name__)
+
 _IDEMPOTENCY_MEMO = "idempotency_key_sha256"
 _REQUEST_MEMO = "request_sha256"
 
@@ -164,18 +165,6 @@ def offboarding_workflow_id(user_id: str) -> str:
     return f"user-offboarding-{user_id}"
 
 
-async def hash_password(password: SecretStr) -> str:
-    # Argon2 is deliberately slow; keep it off the event loop.
-    return await asyncio.to_thread(_hasher.hash, password.get_secret_value())
-
-
-async def password_matches(password_hash: str, password: SecretStr) -> bool:
-    try:
-        return await asyncio.to_thread(_hasher.verify, password_hash, password.get_secret_value())
-    except (VerificationError, InvalidHashError):
-        return False
-
-
 def fingerprint(request: CreateUserRequest) -> str:
     return request_fingerprint(request.email, request.name, request.profile)
 
@@ -198,7 +187,7 @@ class UserService:
         return OnboardingInput(
             email=request.email,
             name=request.name,
-            password_hash=await hash_password(request.password),
+            password_hash=await self.services.passwords.hash(request.password),
             profile=request.profile,
             user_id=user_id,
         )
@@ -307,23 +296,48 @@ class UserService:
             raise SagaFailedError(result)
         return result
 
-    @staticmethod
     async def _check_replay(
-        store: DatabaseProvider, result: SagaResult, request: CreateUserRequest
+        self, store: DatabaseProvider, result: SagaResult, request: CreateUserRequest
     ) -> None:
         """The stored outcome is this request's only if its user is still there and the
-        password is the one it was created with."""
+        password is the one it was created with (then a hash made with other parameters
+        than the current ones is replaced)."""
         record = await store.get_user(result.user_id)
         if record is None:
             raise IdempotencyKeyConflictError(
                 f"user {result.user_id}, created with this Idempotency-Key, has been deleted "
                 "since; use a new key to create the user again"
             )
-        if not await password_matches(record.password_hash, request.password):
+        check = await self.services.passwords.check(record.password_hash, request.password)
+        if not check.matches:
             raise IdempotencyKeyReusedError(
                 "this Idempotency-Key was used with another request (the password differs); "
                 "use a new key"
             )
+        if check.rehashed is not None:
+            await self._store_rehash(result.user_id, check.rehashed)
+
+    async def _store_rehash(self, user_id: str, password_hash: str) -> None:
+        """Put the rehashed password in every enabled database. Both hashes verify the same
+        password, so one a database keeps (it is down) does no harm: the answer goes on."""
+        names = list(self.services.providers)
+        outcomes = await asyncio.gather(
+            *(
+                self.services.providers[name].set_password_hash(user_id, password_hash)
+                for name in names
+            ),
+            return_exceptions=True,
+        )
+        for name, outcome in zip(names, outcomes, strict=True):
+            if isinstance(outcome, ProviderUnavailableError):
+                log.warning(
+                    "%s: the rehashed password of user %s is not stored: %s",
+                    name,
+                    user_id,
+                    first_line(outcome),
+                )
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def start_offboarding(self, user_id: str) -> WorkflowHandle[Any, SagaResult]:
         assert self.client is not None

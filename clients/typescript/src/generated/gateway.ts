@@ -1485,7 +1485,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1523,7 +1523,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1570,7 +1570,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1617,7 +1617,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1664,7 +1664,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1702,7 +1702,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1747,7 +1747,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1792,7 +1792,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1830,7 +1830,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1875,7 +1875,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1938,7 +1938,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1985,7 +1985,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2030,7 +2030,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2086,7 +2086,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2131,7 +2131,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2284,7 +2284,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2331,7 +2331,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2428,7 +2428,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2473,7 +2473,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2575,7 +2575,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2667,7 +2667,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2730,7 +2730,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2793,7 +2793,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A dependency (temporal, database, object store) is down; the body names it, Retry-After says when to try again */
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
             503: {
                 headers: {
                     [name: string]: unknown;
