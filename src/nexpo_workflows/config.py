@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     onboarding_timeout_seconds: float = Field(default=120.0, gt=0)
     onboarding_step_timeout_seconds: float = Field(default=10.0, gt=0)
     onboarding_compensation_attempts: int = Field(default=10, ge=1)
+    # How long `POST /api/users?wait=true` and `users create` wait for the saga's outcome;
+    # a saga still running then goes on, and its workflow id is the answer (202).
+    onboarding_wait_seconds: float = Field(default=10.0, gt=0, le=600)
 
     # --- Language model (Claude) ----------------------------------------------------------
     # Unset: an offline model that answers deterministic text saying it is offline.
@@ -338,6 +341,10 @@ class Settings(BaseSettings):
     @property
     def temporal_answer_timeout(self) -> timedelta:
         return timedelta(seconds=self.temporal_answer_timeout_seconds)
+
+    @property
+    def onboarding_wait(self) -> timedelta:
+        return timedelta(seconds=self.onboarding_wait_seconds)
 
     @property
     def sqlite_file(self) -> Path:
