@@ -211,6 +211,19 @@ def _completed(result: SagaResult) -> SagaResult:
     return result
 
 
+async def _start_answer(
+    operation: WithStartWorkflowOperation[Any, SagaResult],
+) -> WorkflowHandle[Any, SagaResult] | None:
+    """The started run of an update-with-start that ended early, or None when its start got
+    no answer or failed. Read through a task: a start cut by a cancellation holds a
+    CancelledError, which awaited here would pass for this task's own cancellation."""
+    reading = asyncio.ensure_future(operation.workflow_handle())
+    await asyncio.wait([reading])
+    if reading.cancelled() or reading.exception() is not None:
+        return None
+    return reading.result()
+
+
 async def saga_outcome(handle: WorkflowHandle[Any, SagaResult]) -> SagaResult:
     """The result of a saga's run, or SagaFailedError with the result its failure carries."""
     try:
@@ -288,7 +301,8 @@ class UserService:
         async def join(handle: WorkflowHandle[Any, SagaResult]) -> WorkflowHandle[Any, SagaResult]:
             return handle
 
-        return await self._start_or_join(request, idempotency_key, start, join)
+        input = await self._onboarding_input(request, None)
+        return await self._start_or_join(request, input, idempotency_key, start, join)
 
     async def onboard_and_wait(
         self, request: CreateUserRequest, idempotency_key: str | None, bound: timedelta
@@ -303,6 +317,8 @@ class UserService:
         assert self.client is not None
         client = self.client
         loop = asyncio.get_running_loop()
+        input = await self._onboarding_input(request, None)
+        # The bound is on the wait for the saga, not on hashing the password before it.
         deadline = loop.time() + bound.total_seconds()
 
         async def start(onboarding: OnboardingStart) -> SagaResult | StillRunning:
@@ -321,13 +337,19 @@ class UserService:
                         rpc_timeout=timedelta(seconds=max(deadline - loop.time(), 0.01)),
                     )
             except WorkflowUpdateRPCTimeoutOrCancelledError:
-                if await self._runs_for(onboarding):
-                    return StillRunning(onboarding.workflow_id)
-                raise
+                running = await self._still_running(onboarding, operation)
+                if running is None:
+                    raise
+                return running
             except WorkflowUpdateFailedError:
                 # The run ended without the saga's outcome (cancelled, terminated, its plan
                 # refused), or a worker without the update refused it: its result says which.
                 return await join(await operation.workflow_handle())
+            except Exception:
+                # The operation holds the start's error as well (WorkflowAlreadyStartedError,
+                # ...): read it there too, or asyncio logs it as never retrieved.
+                await _start_answer(operation)
+                raise
             return _completed(result)
 
         async def join(handle: WorkflowHandle[Any, SagaResult]) -> SagaResult | StillRunning:
@@ -339,11 +361,12 @@ class UserService:
             except WorkflowFailureError as error:
                 raise OnboardingEndedError(handle.id, first_line(error.cause or error)) from error
 
-        return await self._start_or_join(request, idempotency_key, start, join)
+        return await self._start_or_join(request, input, idempotency_key, start, join)
 
     async def _start_or_join(
         self,
         request: CreateUserRequest,
+        input: OnboardingInput,
         idempotency_key: str | None,
         start: Callable[[OnboardingStart], Awaitable[T]],
         join: Callable[[WorkflowHandle[Any, SagaResult]], Awaitable[T]],
@@ -357,7 +380,6 @@ class UserService:
         memo = {_REQUEST_MEMO: fingerprint(request)}
         if idempotency_key:
             memo[_IDEMPOTENCY_MEMO] = _digest(idempotency_key)
-        input = await self._onboarding_input(request, None)
         handle = self.client.get_workflow_handle_for(UserOnboardingWorkflow.run, workflow_id)
         # A first onboarding, or one after a failed run, starts without a look first; after
         # a completed run, only once its user is gone (FAIL still refuses a run under way).
@@ -375,20 +397,31 @@ class UserService:
                     return await join(handle)
         raise AlreadyOnboardingError(workflow_id)
 
-    async def _runs_for(self, onboarding: OnboardingStart) -> bool:
-        """Whether the email's saga runs for this request. Without a worker a start with an
-        update gets no answer at all (it comes with the update's acceptance): the run that
-        holds this request's memo is the one it started."""
+    async def _still_running(
+        self, onboarding: OnboardingStart, operation: WithStartWorkflowOperation[Any, SagaResult]
+    ) -> StillRunning | None:
+        """The wait's bound has passed: the run that goes on, if this request started it.
+        Temporal answers a start with an update only once a worker has accepted the update,
+        so without a worker there is no answer: then the email's run is this request's if
+        it holds this request's memo."""
+        started = await _start_answer(operation)
+        if started is not None:
+            return StillRunning(started.id)
+        if await self._runs_with_memo(onboarding.workflow_id, onboarding.memo):
+            return StillRunning(onboarding.workflow_id)
+        return None
+
+    async def _runs_with_memo(self, workflow_id: str, memo: dict[str, str]) -> bool:
         assert self.client is not None
         try:
-            description = await self.client.get_workflow_handle(onboarding.workflow_id).describe()
+            description = await self.client.get_workflow_handle(workflow_id).describe()
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 return False
             raise
         return (
             description.status is WorkflowExecutionStatus.RUNNING
-            and await description.memo() == onboarding.memo
+            and await description.memo() == memo
         )
 
     async def _holds_the_email(
