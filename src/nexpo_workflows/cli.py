@@ -266,7 +266,9 @@ def users_create(
     outcome = _run(create())
     if isinstance(outcome, StillRunning):
         going_on = f" (still running after {settings.onboarding_wait_seconds:g}s)" if wait else ""
-        out.print(f"started workflow {outcome.workflow_id}{going_on}")
+        out.print(
+            f"started workflow {outcome.workflow_id}{going_on}", soft_wrap=True, highlight=False
+        )
     else:
         _print_result(outcome)
 

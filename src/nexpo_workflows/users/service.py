@@ -70,9 +70,9 @@ T = TypeVar("T")
 
 _hasher = PasswordHasher()  # Argon2id with the library's current recommended parameters
 _IDEMPOTENCY_MEMO = "idempotency_key_sha256"
+_REQUEST_MEMO = "request_sha256"
 # How much longer than a wait's bound its RPC may take to end by its own deadline.
 _WAIT_GRACE_SECONDS = 1.0
-_REQUEST_MEMO = "request_sha256"
 
 
 # What one of the supported databases refuses, checked at the edge so that such input is a
@@ -170,8 +170,8 @@ class SagaFailedError(Exception):
 
 
 class OnboardingEndedError(Exception):
-    """The saga's run ended without an outcome: cancelled, terminated, or its plan refused
-    by the worker. Nothing is left written; the email may register again."""
+    """The saga's run ended without an outcome: cancelled (its writes compensated),
+    terminated, or its plan refused by the worker. The email may register again."""
 
     def __init__(self, workflow_id: str, reason: str) -> None:
         super().__init__(f"onboarding workflow {workflow_id} ended without an outcome: {reason}")
@@ -180,7 +180,7 @@ class OnboardingEndedError(Exception):
 
 @dataclass(frozen=True)
 class StillRunning:
-    """The saga had not finished when the wait for it ended; it goes on."""
+    """The saga goes on: it was not waited for, or had not finished when the wait ended."""
 
     workflow_id: str
 
