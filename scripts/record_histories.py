@@ -27,7 +27,13 @@ from typing import Any
 
 from pydantic import SecretStr
 from sqlalchemy import text
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, CancelledError
 from tests.faults import FaultyProvider
 from tests.scripted_model import ScriptedModel
@@ -93,7 +99,11 @@ from nexpo_workflows.users.models import (
     SagaStatus,
     StepMode,
 )
-from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
+from nexpo_workflows.users.workflows import (
+    OUTCOME_WHEN_FINISHED,
+    UserOffboardingWorkflow,
+    UserOnboardingWorkflow,
+)
 from nexpo_workflows.worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +162,20 @@ class Lab:
         return await self.client.execute_workflow(
             UserOnboardingWorkflow.run, input, id=workflow_id, task_queue=self.task_queue
         )
+
+    async def onboard_and_wait(self, workflow_id: str, input: OnboardingInput) -> SagaResult:
+        """As ``POST /api/users?wait=true`` does: the start carries the outcome's update."""
+        operation = WithStartWorkflowOperation(
+            UserOnboardingWorkflow.run,
+            input,
+            id=workflow_id,
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        )
+        result: SagaResult = await self.client.execute_update_with_start_workflow(
+            OUTCOME_WHEN_FINISHED, start_workflow_operation=operation, result_type=SagaResult
+        )
+        return result
 
     async def rolled_back(self, workflow_id: str, input: OnboardingInput) -> SagaResult:
         try:
@@ -275,6 +299,29 @@ async def onboarding_duplicate_email(lab: Lab, workflow_id: str) -> None:
         second = first.model_copy(update={"user_id": "00000000-0000-4000-8000-000000000055"})
         result = await lab.rolled_back(workflow_id, second)
     expect(result.failure_kind == "DuplicateEmail", f"{workflow_id}: {result.summary()}")
+
+
+@case("UserOnboardingWorkflow", "success_waited_with_update")
+async def onboarding_waited(lab: Lab, workflow_id: str) -> None:
+    async with lab.worker():
+        result = await lab.onboard_and_wait(workflow_id, onboarding(10))
+    expect(result.status is SagaStatus.COMPLETED, f"{workflow_id}: {result.summary()}")
+
+
+@case("UserOnboardingWorkflow", "rolled_back_waited_with_update")
+async def onboarding_waited_rolled_back(lab: Lab, workflow_id: str) -> None:
+    # The update answers the rolled-back outcome before the run fails with it.
+    first = onboarding(11)
+    async with lab.worker():
+        await lab.onboard(f"{workflow_id}-first", first)
+        second = first.model_copy(update={"user_id": "00000000-0000-4000-8000-000000000111"})
+        result = await lab.onboard_and_wait(workflow_id, second)
+        try:
+            await lab.client.get_workflow_handle(workflow_id).result()
+        except WorkflowFailureError:
+            expect(result.failure_kind == "DuplicateEmail", f"{workflow_id}: {result.summary()}")
+            return
+    raise RecordingError(f"{workflow_id}: completed instead of rolling back")
 
 
 @case("UserOnboardingWorkflow", "cancelled_mid_saga")

@@ -9,11 +9,12 @@ import uuid
 
 import httpx
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.users.models import OnboardingInput
+from nexpo_workflows.users.service import onboarding_workflow_id
 from nexpo_workflows.users.workflows import UserOnboardingWorkflow
 from tests.conftest import METRICS_SCRAPED, SUBMITTED_PASSWORDS, run_cli
 from tests.test_onboarding import HASH
@@ -153,3 +154,21 @@ async def test_saga_through_a_worker_process_records_its_metrics(
         r'workflow_type="UserOnboardingWorkflow"[^}]*\} 1',
         text,
     ), text
+
+
+async def test_create_without_a_worker_prints_the_saga_still_running_at_the_bound(
+    cli: list[str],
+    cli_env: dict[str, str],
+    client: Client,
+    saga_settings: Settings,
+    postgres_url: str,
+) -> None:
+    env = {**saga_env(cli_env, saga_settings, postgres_url), "ONBOARDING_WAIT_SECONDS": "1"}
+    email = f"alan.{uuid.uuid4().hex[:8]}@example.com"
+    created = await run_cli([*cli, *create_args(email)], env)
+    assert created.returncode == 0, created.stderr
+    workflow_id = onboarding_workflow_id(email)
+    assert f"started workflow {workflow_id} (still running after 1s)" in created.stdout
+    description = await client.get_workflow_handle(workflow_id).describe()
+    assert description.status is WorkflowExecutionStatus.RUNNING
+    await client.get_workflow_handle(workflow_id).terminate("test over: no worker")

@@ -76,9 +76,12 @@ from nexpo_workflows.users.models import SagaResult
 from nexpo_workflows.users.service import (
     AlreadyOnboardingError,
     CreateUserRequest,
+    OnboardingEndedError,
     SagaFailedError,
+    StillRunning,
     UserService,
     UserView,
+    saga_outcome,
 )
 from nexpo_workflows.users.steps import INVALID_INPUT
 
@@ -140,7 +143,7 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         _fail(failure.message, _EDGE_EXIT_CODES[failure.kind])
     except ConfigError as error:  # found at start-up, e.g. tracing on without its packages
         _fail(str(error), 2)
-    except (AlreadyOnboardingError, IdempotencyKeyConflictError) as error:
+    except (AlreadyOnboardingError, IdempotencyKeyConflictError, OnboardingEndedError) as error:
         _fail(str(error), 1)
     except IdempotencyKeyReusedError as error:
         _fail(str(error), 2)
@@ -239,16 +242,6 @@ def _print_result(result: SagaResult) -> None:
     out.print(table)
 
 
-async def _finish(handle: WorkflowHandle[Any, SagaResult]) -> SagaResult:
-    try:
-        return await handle.result()
-    except WorkflowFailureError as error:
-        cause = error.cause
-        if isinstance(cause, ApplicationError) and cause.details:
-            raise SagaFailedError(SagaResult.model_validate(cause.details[0])) from error
-        raise
-
-
 @users_app.command("create")
 def users_create(
     email: str = typer.Option(..., help="The user's email address."),
@@ -260,7 +253,9 @@ def users_create(
     idempotency_key: str | None = typer.Option(
         None, help="Same key and request, same outcome; another request is refused."
     ),
-    wait: bool = typer.Option(True, help="Wait for the saga to finish."),
+    wait: bool = typer.Option(
+        True, help="Wait for the saga to finish (at most ONBOARDING_WAIT_SECONDS)."
+    ),
 ) -> None:
     """Create a user in every enabled database, or in none."""
     settings = _settings()
@@ -274,16 +269,22 @@ def users_create(
     except (ValidationError, json.JSONDecodeError) as error:
         _fail(f"invalid input: {_input_errors(error)}", 2)
 
-    async def create() -> SagaResult | str:
+    async def create() -> SagaResult | StillRunning:
         async with _user_service(settings) as users:
             if users.client is None:
                 return await users.onboard_in_process(request, idempotency_key)
-            handle = await users.start_onboarding(request, idempotency_key)
-            return await _finish(handle) if wait else handle.id
+            if wait:
+                return await users.onboard_and_wait(
+                    request, idempotency_key, settings.onboarding_wait
+                )
+            return StillRunning((await users.start_onboarding(request, idempotency_key)).id)
 
     outcome = _run(create())
-    if isinstance(outcome, str):
-        out.print(f"started workflow {outcome}")
+    if isinstance(outcome, StillRunning):
+        going_on = f" (still running after {settings.onboarding_wait_seconds:g}s)" if wait else ""
+        out.print(
+            f"started workflow {outcome.workflow_id}{going_on}", soft_wrap=True, highlight=False
+        )
     else:
         _print_result(outcome)
 
@@ -312,7 +313,7 @@ def users_delete(user_id: str) -> None:
         async with _user_service(settings) as users:
             if users.client is None:
                 return await users.offboard_in_process(user_id)
-            return await _finish(await users.start_offboarding(user_id))
+            return await saga_outcome(await users.start_offboarding(user_id))
 
     _print_result(_run(delete()))
 

@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     onboarding_timeout_seconds: float = Field(default=120.0, gt=0)
     onboarding_step_timeout_seconds: float = Field(default=10.0, gt=0)
     onboarding_compensation_attempts: int = Field(default=10, ge=1)
+    # How long `POST /api/users?wait=true` and `users create` wait for the saga's outcome;
+    # a saga still running then goes on, and its workflow id is the answer (202).
+    onboarding_wait_seconds: float = Field(default=10.0, gt=0, le=600)
 
     # --- Password hashing (at the gateway and the CLI) ---------------------------------------
     # Argon2id at OWASP's recommended cost (19 MiB, 2 passes, 1 lane): ~65 ms a hash on one
@@ -390,6 +393,10 @@ class Settings(BaseSettings):
     @property
     def temporal_answer_timeout(self) -> timedelta:
         return timedelta(seconds=self.temporal_answer_timeout_seconds)
+
+    @property
+    def onboarding_wait(self) -> timedelta:
+        return timedelta(seconds=self.onboarding_wait_seconds)
 
     @property
     def sqlite_file(self) -> Path:

@@ -12,16 +12,25 @@ import hashlib
 import logging
 import math
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import to_json
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from nexpo_workflows.errors import first_line
@@ -50,12 +59,20 @@ from nexpo_workflows.users.steps import (
     UserSteps,
     plan_saga,
 )
-from nexpo_workflows.users.workflows import UserOffboardingWorkflow, UserOnboardingWorkflow
+from nexpo_workflows.users.workflows import (
+    OUTCOME_WHEN_FINISHED,
+    UserOffboardingWorkflow,
+    UserOnboardingWorkflow,
+)
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 _IDEMPOTENCY_MEMO = "idempotency_key_sha256"
 _REQUEST_MEMO = "request_sha256"
+# How much longer than a wait's bound its RPC may take to end by its own deadline.
+_WAIT_GRACE_SECONDS = 1.0
 
 
 # What one of the supported databases refuses, checked at the edge so that such input is a
@@ -152,6 +169,72 @@ class SagaFailedError(Exception):
         self.result = result
 
 
+class OnboardingEndedError(Exception):
+    """The saga's run ended without an outcome: cancelled (its writes compensated),
+    terminated, or its plan refused by the worker. The email may register again."""
+
+    def __init__(self, workflow_id: str, reason: str) -> None:
+        super().__init__(f"onboarding workflow {workflow_id} ended without an outcome: {reason}")
+        self.workflow_id = workflow_id
+
+
+@dataclass(frozen=True)
+class StillRunning:
+    """The saga goes on: it was not waited for, or had not finished when the wait ended."""
+
+    workflow_id: str
+
+
+@dataclass(frozen=True)
+class OnboardingStart:
+    """One attempt at starting the saga of an email, as both kinds of start make it."""
+
+    workflow_id: str
+    task_queue: str
+    reuse: WorkflowIDReusePolicy
+    memo: dict[str, str]
+    input: OnboardingInput
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "id": self.workflow_id,
+            "task_queue": self.task_queue,
+            "id_reuse_policy": self.reuse,
+            "id_conflict_policy": WorkflowIDConflictPolicy.FAIL,
+            "memo": self.memo,
+        }
+
+
+def _completed(result: SagaResult) -> SagaResult:
+    if result.status is not SagaStatus.COMPLETED:
+        raise SagaFailedError(result)
+    return result
+
+
+async def _start_answer(
+    operation: WithStartWorkflowOperation[Any, SagaResult],
+) -> WorkflowHandle[Any, SagaResult] | None:
+    """The started run of an update-with-start that ended early, or None when its start got
+    no answer or failed. Read through a task: a start cut by a cancellation holds a
+    CancelledError, which awaited here would pass for this task's own cancellation."""
+    reading = asyncio.ensure_future(operation.workflow_handle())
+    await asyncio.wait([reading])
+    if reading.cancelled() or reading.exception() is not None:
+        return None
+    return reading.result()
+
+
+async def saga_outcome(handle: WorkflowHandle[Any, SagaResult]) -> SagaResult:
+    """The result of a saga's run, or SagaFailedError with the result its failure carries."""
+    try:
+        return await handle.result()
+    except WorkflowFailureError as error:
+        cause = error.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            raise SagaFailedError(SagaResult.model_validate(cause.details[0])) from error
+        raise
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -195,8 +278,89 @@ class UserService:
     async def start_onboarding(
         self, request: CreateUserRequest, idempotency_key: str | None
     ) -> WorkflowHandle[Any, SagaResult]:
+        """Start the saga of this email (see ``_start_or_join``) and return its handle."""
+
+        async def start(onboarding: OnboardingStart) -> WorkflowHandle[Any, SagaResult]:
+            assert self.client is not None
+            return await self.client.start_workflow(
+                UserOnboardingWorkflow.run, onboarding.input, **onboarding.options()
+            )
+
+        async def join(handle: WorkflowHandle[Any, SagaResult]) -> WorkflowHandle[Any, SagaResult]:
+            return handle
+
+        input = await self._onboarding_input(request, None)
+        return await self._start_or_join(request, input, idempotency_key, start, join)
+
+    async def onboard_and_wait(
+        self, request: CreateUserRequest, idempotency_key: str | None, bound: timedelta
+    ) -> SagaResult | StillRunning:
+        """Start the saga of this email (see ``_start_or_join``) and wait at most ``bound``
+        for its outcome: the result, SagaFailedError, or StillRunning when it goes on.
+
+        The start carries an update the workflow answers once the saga has finished
+        (update-with-start): one request to Temporal, held open until the outcome, where a
+        start and then a wait for the result are two. A retry that joins a run waits for
+        its result."""
+        assert self.client is not None
+        client = self.client
+        loop = asyncio.get_running_loop()
+        input = await self._onboarding_input(request, None)
+        # The bound is on the wait for the saga, not on hashing the password before it.
+        deadline = loop.time() + bound.total_seconds()
+
+        async def start(onboarding: OnboardingStart) -> SagaResult | StillRunning:
+            operation = WithStartWorkflowOperation(
+                UserOnboardingWorkflow.run, onboarding.input, **onboarding.options()
+            )
+            try:
+                # The RPC's own deadline ends a start that got no answer (no worker accepted
+                # the update); the later local one ends a wait that got past it (the server
+                # answers a long wait in parts).
+                async with asyncio.timeout_at(deadline + _WAIT_GRACE_SECONDS):
+                    result: SagaResult = await client.execute_update_with_start_workflow(
+                        OUTCOME_WHEN_FINISHED,
+                        start_workflow_operation=operation,
+                        result_type=SagaResult,
+                        rpc_timeout=timedelta(seconds=max(deadline - loop.time(), 0.01)),
+                    )
+            except WorkflowUpdateRPCTimeoutOrCancelledError:
+                running = await self._still_running(onboarding, operation)
+                if running is None:
+                    raise
+                return running
+            except WorkflowUpdateFailedError:
+                # The run ended without the saga's outcome (cancelled, terminated, its plan
+                # refused), or a worker without the update refused it: its result says which.
+                return await join(await operation.workflow_handle())
+            except Exception:
+                # The operation holds the start's error as well (WorkflowAlreadyStartedError,
+                # ...): read it there too, or asyncio logs it as never retrieved.
+                await _start_answer(operation)
+                raise
+            return _completed(result)
+
+        async def join(handle: WorkflowHandle[Any, SagaResult]) -> SagaResult | StillRunning:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return _completed(await saga_outcome(handle))
+            except TimeoutError:
+                return StillRunning(handle.id)
+            except WorkflowFailureError as error:
+                raise OnboardingEndedError(handle.id, first_line(error.cause or error)) from error
+
+        return await self._start_or_join(request, input, idempotency_key, start, join)
+
+    async def _start_or_join(
+        self,
+        request: CreateUserRequest,
+        input: OnboardingInput,
+        idempotency_key: str | None,
+        start: Callable[[OnboardingStart], Awaitable[T]],
+        join: Callable[[WorkflowHandle[Any, SagaResult]], Awaitable[T]],
+    ) -> T:
         """Start the saga of this email, unless one is under way or its user exists (then
-        AlreadyOnboardingError, or that saga's handle for a retry with the same key and
+        AlreadyOnboardingError, or ``join`` that saga for a retry with the same key and
         request). An email whose user has been offboarded registers again: a new run under
         the same workflow id, so that two onboardings of one email still conflict."""
         assert self.client is not None
@@ -204,7 +368,6 @@ class UserService:
         memo = {_REQUEST_MEMO: fingerprint(request)}
         if idempotency_key:
             memo[_IDEMPOTENCY_MEMO] = _digest(idempotency_key)
-        input = await self._onboarding_input(request, None)
         handle = self.client.get_workflow_handle_for(UserOnboardingWorkflow.run, workflow_id)
         # A first onboarding, or one after a failed run, starts without a look first; after
         # a completed run, only once its user is gone (FAIL still refuses a run under way).
@@ -212,20 +375,42 @@ class UserService:
             WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         ):
+            onboarding = OnboardingStart(
+                workflow_id, self.services.settings.temporal_task_queue, reuse, memo, input
+            )
             try:
-                return await self.client.start_workflow(
-                    UserOnboardingWorkflow.run,
-                    input,
-                    id=workflow_id,
-                    task_queue=self.services.settings.temporal_task_queue,
-                    id_reuse_policy=reuse,
-                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                    memo=memo,
-                )
+                return await start(onboarding)
             except WorkflowAlreadyStartedError:
                 if await self._holds_the_email(handle, memo):
-                    return handle
+                    return await join(handle)
         raise AlreadyOnboardingError(workflow_id)
+
+    async def _still_running(
+        self, onboarding: OnboardingStart, operation: WithStartWorkflowOperation[Any, SagaResult]
+    ) -> StillRunning | None:
+        """The wait's bound has passed: the run that goes on, if this request started it.
+        Temporal answers a start with an update only once a worker has accepted the update,
+        so without a worker there is no answer: then the email's run is this request's if
+        it holds this request's memo."""
+        started = await _start_answer(operation)
+        if started is not None:
+            return StillRunning(started.id)
+        if await self._runs_with_memo(onboarding.workflow_id, onboarding.memo):
+            return StillRunning(onboarding.workflow_id)
+        return None
+
+    async def _runs_with_memo(self, workflow_id: str, memo: dict[str, str]) -> bool:
+        assert self.client is not None
+        try:
+            description = await self.client.get_workflow_handle(workflow_id).describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return (
+            description.status is WorkflowExecutionStatus.RUNNING
+            and await description.memo() == memo
+        )
 
     async def _holds_the_email(
         self, handle: WorkflowHandle[Any, SagaResult], memo: dict[str, str]

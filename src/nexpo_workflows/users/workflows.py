@@ -29,6 +29,8 @@ with workflow.unsafe.imports_passed_through():
 ROLLED_BACK = "OnboardingRolledBack"
 OFFBOARDING_FAILED = "OffboardingFailed"
 COPIES_NOT_ERASED = "SyncCopiesNotErased"
+# The onboarding's update that answers with the saga's outcome once it has finished.
+OUTCOME_WHEN_FINISHED = "outcome_when_finished"
 # Sync targets may be down for a while: erasure retries, bounded, then the offboarding fails
 # (and may be run again: every step is idempotent).
 ERASE_RETRY = RetryPolicy(
@@ -69,6 +71,9 @@ class UserOnboardingWorkflow:
         user = input.to_record(str(workflow.uuid4()), workflow.now())
         self._result = await onboard(plan, user, ActivitySteps(plan))
         _log_outcome("onboarding", self._result)
+        # A caller waiting in ``outcome_when_finished`` gets its answer before the run ends.
+        # No command: histories recorded before the update existed replay unchanged.
+        await workflow.wait_condition(workflow.all_handlers_finished)
         if self._result.status is not SagaStatus.COMPLETED:
             raise ApplicationError(
                 self._result.summary(),
@@ -80,6 +85,18 @@ class UserOnboardingWorkflow:
 
     @workflow.query(name="outcome")
     def outcome(self) -> SagaResult | None:
+        return self._result
+
+    # A run that ends without an outcome (cancelled, its plan refused) leaves the update
+    # unanswered; its caller then reads the run's failure instead.
+    @workflow.update(
+        name=OUTCOME_WHEN_FINISHED, unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON
+    )
+    async def outcome_when_finished(self) -> SagaResult:
+        """The saga's outcome once it has finished, completed or rolled back: what
+        ``POST /api/users?wait=true`` sends with the start (update-with-start)."""
+        await workflow.wait_condition(lambda: self._result is not None)
+        assert self._result is not None
         return self._result
 
 

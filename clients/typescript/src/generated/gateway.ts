@@ -399,8 +399,10 @@ export interface paths {
          * Create User
          * @description Create the user in every enabled database, or in none.
          *
-         *     ENABLE_TEMPORAL=true: starts UserOnboardingWorkflow and answers 202. false: runs the
-         *     same saga in this process (not durable) and answers 201 with the user.
+         *     ENABLE_TEMPORAL=true: starts UserOnboardingWorkflow and answers 202; with ``wait=true``
+         *     answers once it has finished (201 or its failure), in one request to Temporal
+         *     (update-with-start), or 202 if it still runs after ONBOARDING_WAIT_SECONDS. false: runs
+         *     the same saga in this process (not durable) and answers 201 with the user.
          */
         post: operations["create_user_api_users_post"];
         delete?: never;
@@ -2484,7 +2486,10 @@ export interface operations {
     };
     create_user_api_users_post: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Answer once the saga has finished: 201 with the user, or its failure. A saga still running after ONBOARDING_WAIT_SECONDS goes on and is answered 202. */
+                wait?: boolean;
+            };
             header?: {
                 /** @description Repeat a request with the same key and body to get the same outcome; the same key with another body is refused (422). */
                 "Idempotency-Key"?: string | null;
@@ -2530,7 +2535,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A database could not be written; every write was undone */
+            /** @description A database could not be written; every write was undone (or, with wait=true, the workflow ended without an outcome: cancelled or terminated) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2622,7 +2627,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description A database could not be written; every write was undone */
+            /** @description A database could not be written; every write was undone (or, with wait=true, the workflow ended without an outcome: cancelled or terminated) */
             503: {
                 headers: {
                     [name: string]: unknown;

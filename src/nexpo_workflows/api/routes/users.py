@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Request, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from nexpo_workflows.api.deps import StateDep
@@ -16,7 +16,9 @@ from nexpo_workflows.users.models import SagaResult
 from nexpo_workflows.users.service import (
     AlreadyOnboardingError,
     CreateUserRequest,
+    OnboardingEndedError,
     SagaFailedError,
+    StillRunning,
     UserService,
     UserView,
     WorkflowAccepted,
@@ -36,6 +38,13 @@ IdempotencyKey = Annotated[
         "the same key with another body is refused (422).",
     ),
 ]
+Wait = Annotated[
+    bool,
+    Query(
+        description="Answer once the saga has finished: 201 with the user, or its failure. "
+        "A saga still running after ONBOARDING_WAIT_SECONDS goes on and is answered 202."
+    ),
+]
 
 _FAILURE_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {
@@ -46,7 +55,10 @@ _FAILURE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Invalid input (a database refused it: every write was undone), or "
         "an Idempotency-Key already used with another request"
     },
-    503: {"description": "A database could not be written; every write was undone"},
+    503: {
+        "description": "A database could not be written; every write was undone (or, with "
+        "wait=true, the workflow ended without an outcome: cancelled or terminated)"
+    },
 }
 
 
@@ -83,18 +95,28 @@ async def create_user(
     request: Request,
     state: StateDep,
     idempotency_key: IdempotencyKey = None,
+    wait: Wait = False,
 ) -> Any:
     """Create the user in every enabled database, or in none.
 
-    ENABLE_TEMPORAL=true: starts UserOnboardingWorkflow and answers 202. false: runs the
-    same saga in this process (not durable) and answers 201 with the user.
+    ENABLE_TEMPORAL=true: starts UserOnboardingWorkflow and answers 202; with ``wait=true``
+    answers once it has finished (201 or its failure), in one request to Temporal
+    (update-with-start), or 202 if it still runs after ONBOARDING_WAIT_SECONDS. false: runs
+    the same saga in this process (not durable) and answers 201 with the user.
     """
+    settings = state.services.settings
     users = UserService(state.services, state.client)
     try:
-        if state.client is not None:
+        if state.client is None:
+            result = await users.onboard_in_process(body, idempotency_key)
+        elif wait:
+            outcome = await users.onboard_and_wait(body, idempotency_key, settings.onboarding_wait)
+            if isinstance(outcome, StillRunning):
+                return _accepted(request, outcome.workflow_id)
+            result = outcome
+        else:
             handle = await users.start_onboarding(body, idempotency_key)
             return _accepted(request, handle.id)
-        result = await users.onboard_in_process(body, idempotency_key)
     except AlreadyOnboardingError as error:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -106,6 +128,11 @@ async def create_user(
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     except SagaFailedError as error:
         raise _saga_failure(error) from None
+    except OnboardingEndedError as error:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            {"message": str(error), "workflowId": error.workflow_id},
+        ) from None
     return await users.get(result.user_id)
 
 
