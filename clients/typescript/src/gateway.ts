@@ -47,6 +47,12 @@ export interface GatewayOptions {
 export interface OnboardingOptions {
   /** Repeat a request with the same key and body to get the same outcome (Idempotency-Key). */
   idempotencyKey?: string;
+  /**
+   * Answer once the saga has finished (`POST /api/users?wait=true`, one request): `created`
+   * with the user, or its failure thrown as a typed error. A saga still running after the
+   * gateway's ONBOARDING_WAIT_SECONDS goes on and is answered `started`.
+   */
+  wait?: boolean;
 }
 
 /**
@@ -119,7 +125,10 @@ export function createGatewayClient(options: GatewayOptions) {
           ? undefined
           : { "Idempotency-Key": onboarding.idempotencyKey };
       const { body, status } = await answered(
-        http.POST("/api/users", { body: user, params: { header } }),
+        http.POST("/api/users", {
+          body: user,
+          params: { header, query: onboarding.wait ? { wait: true } : undefined },
+        }),
       );
       return status === 202
         ? { state: "started", ...(body as WorkflowAccepted) }

@@ -36,6 +36,22 @@ describe("gateway client", { timeout: 60_000 }, () => {
     assert.deepEqual(stored.stored_in, { sqlite: true });
   });
 
+  test("with wait, one request answers the created user, or the saga's failure", async () => {
+    const user = newUser();
+    const outcome = await gateway.startUserOnboarding(user, { wait: true });
+    assert.ok(outcome.state === "created", JSON.stringify(outcome));
+    assert.equal(outcome.user.email, user.email);
+    assert.deepEqual(outcome.user.stored_in, { sqlite: true });
+
+    const refusal = await gateway
+      .startUserOnboarding({ ...user, name: "Someone Else" }, { wait: true })
+      .then(
+        () => assert.fail("a second onboarding of one email was accepted"),
+        (error: unknown) => error,
+      );
+    assert.ok(refusal instanceof ConflictError, String(refusal));
+  });
+
   test("the same Idempotency-Key and request join the first onboarding", async () => {
     const user = newUser();
     const key = crypto.randomUUID();
