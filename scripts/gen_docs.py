@@ -66,10 +66,9 @@ def _comment_block(lines: list[str], index: int) -> str:
 
 def settings_source() -> Iterator[tuple[str, str]]:
     """(section, field name) of each field, in the order and sections of ``config.py``."""
-    lines = CONFIG_SOURCE.read_text().splitlines()
     section = ""
     in_settings = False
-    for index, line in enumerate(lines):
+    for line in CONFIG_SOURCE.read_text().splitlines():
         if line.startswith("class "):
             in_settings = line.startswith("class Settings(")
         if not in_settings:
@@ -266,9 +265,7 @@ def cli_page() -> str:
         out.append(f"```text\n{usage}\n```\n\n")
         parameters = [p for p in command.get_params(context) if p.name != "help"]
         if parameters and not hasattr(command, "list_commands"):
-            out.append(
-                "| parameter | required | default | meaning |\n|---|---|---|---|\n"
-            )
+            out.append("| parameter | required | default | meaning |\n|---|---|---|---|\n")
             out.extend(_parameter_row(parameter, context) for parameter in parameters)
     return "".join(out)
 
