@@ -20,6 +20,10 @@ npm --prefix clients/typescript run --silent typecheck
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/ruff format --check src tests benchmarks scripts
 .venv/bin/mypy
+# The documentation site: its references generated from the code, then built with every
+# warning (a broken link, a page left out of the nav) an error.
+.venv/bin/python -m scripts.gen_docs
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
 # Tests wait on servers far more than they compute: two processes, each with its own servers,
 # whole files per process so a module's servers start once.
 .venv/bin/python -m pytest -n "${NEXPO_TEST_PROCESSES:-2}" --dist loadfile --durations=25 "$@"

@@ -137,21 +137,28 @@ async def test_a_taken_port_is_named_and_nothing_is_left_running(
     assert processes_mentioning(dev_env["DATA_DIR"]) == []
 
 
-README = Path(__file__).parent.parent / "README.md"
+ROOT = Path(__file__).parent.parent
+# The README first (its commands come before the pages' in a reader's session), then the
+# documentation site's pages.
+DOCUMENTED = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # The defaults the README's commands are written against.
 README_PORTS = {"gateway": 8000, "Temporal gRPC": 7233, "Temporal Web UI": 8233, "metrics": 9464}
 
 
 def readme_commands() -> list[str]:
-    """Every command line of the README's ``bash`` blocks that talks to a running stack (the
-    README keeps examples for other deployments in ``sh`` blocks)."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    """Every command line of the README's and the documentation pages' ``bash`` blocks that
+    talks to a running stack, each once (they keep examples for other deployments in ``sh``
+    blocks)."""
+    text = "\n".join(path.read_text() for path in DOCUMENTED)
+    blocks = re.findall(r"^ *```bash\n(.*?)```", text, flags=re.DOTALL | re.MULTILINE)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
-    return [
-        line.split("  #")[0].strip()
-        for line in lines
-        if re.match(r"(\.venv/bin/)?nexpo-workflows |curl ", line)
-    ]
+    return list(
+        dict.fromkeys(
+            line.split("  #")[0].strip()
+            for line in lines
+            if re.match(r"\s*((\.venv/bin/)?nexpo-workflows |curl )", line)
+        )
+    )
 
 
 def a_clean_shell(directory: Path) -> dict[str, str]:
