@@ -27,7 +27,7 @@ from tests.recording_notifier import RecordingNotifier
 from tests.scripted_model import ScriptedModel
 from tests.servers.s3 import running_s3
 from tests.store_contract import chunks_of
-from tests.sync_source import DATASET, Source, assert_targets_equal_source
+from tests.sync_source import DATASET, Source, assert_targets_equal_source, sync_worker_env
 from tests.test_content import draft, stored, verdict
 from tests.test_decisions import OUTPUT, answer, support_request
 
@@ -247,3 +247,37 @@ async def test_the_cli_runs_content_in_process_and_refuses_what_needs_temporal(
     assert NEEDS_TEMPORAL in no_wait.stderr
     assert review.returncode == 2
     assert NEEDS_TEMPORAL in review.stderr
+
+
+async def test_the_cli_runs_a_sync_and_a_decision_in_process(
+    cli: list[str],
+    cli_env: dict[str, str],
+    local_sync_settings: Settings,
+    source: Source,
+) -> None:
+    batch_size = local_sync_settings.sync_batch_size
+    env = {**sync_worker_env(cli_env, local_sync_settings, batch_size), "ENABLE_TEMPORAL": "false"}
+    await source.insert(90)
+    synced = await run_cli([*cli, "sync", "run", DATASET], env)
+    status = await run_cli([*cli, "sync", "status", DATASET], env)
+    decided = await run_cli(
+        [
+            *cli,
+            "decisions",
+            "create",
+            "--customer-email",
+            "ada@example.com",
+            "--subject",
+            "Broken teapot",
+            "--message",
+            "It arrived in pieces.",
+        ],
+        env,
+    )
+    assert synced.returncode == 0, synced.stderr
+    assert "90" in synced.stdout
+    await assert_targets_equal_source(local_sync_settings, source)
+    assert status.returncode == 2
+    assert NEEDS_TEMPORAL in status.stderr
+    assert decided.returncode == 0, decided.stderr
+    assert '"model": "offline"' in decided.stdout
