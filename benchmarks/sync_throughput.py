@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -159,18 +160,19 @@ async def mongodb_sink(url: str, database: str) -> AsyncIterator[RawWrite]:
         await client.close()
 
 
-async def raw_copy(postgres_url: str, batch_size: int, write: RawWrite) -> float:
-    """Rows per second of a keyset read from PostgreSQL, each batch written by ``write``."""
+async def raw_copy(postgres_url: str, batch_size: int, write: RawWrite) -> tuple[float, float]:
+    """Rows per second of a keyset read from PostgreSQL, each batch written by ``write``, and
+    the CPU seconds this process spent on it."""
     connection = await asyncpg.connect(postgres_url)
     query = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE id > $1 ORDER BY id LIMIT $2"
     copied, last = 0, ""
     try:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         while batch := await connection.fetch(query, last, batch_size):
             await write(batch)
             copied += len(batch)
             last = batch[-1]["id"]
-        return copied / (time.perf_counter() - began)
+        return copied / (time.perf_counter() - began), time.process_time() - cpu
     finally:
         await connection.close()
 
@@ -234,6 +236,12 @@ async def wait_for_pollers(
     raise RuntimeError(f"no worker polls {task_queue} after {WORKER_READY_TIMEOUT_SECONDS} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process ``pid`` has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -274,10 +282,43 @@ async def running_worker(
                 await worker.wait()
 
 
+@contextlib.asynccontextmanager
+async def profiled(pid: int, directory: Path | None, name: str) -> AsyncIterator[None]:
+    """py-spy sampling the worker ``pid`` meanwhile (its collapsed stacks in ``directory``)."""
+    if directory is None:
+        yield
+        return
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    spy = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--output",
+        str(directory / f"{name}.txt"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.sleep(1.0)  # attached
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        await spy.wait()
+
+
 @dataclass
 class Figures:
     raw_rate: float
     sync_rate: float
+    # CPU seconds per 100,000 rows: of the raw copy (the benchmark's process) and of the
+    # sync's worker (its process, every thread): less noisy than wall-clock on a shared machine.
+    raw_cpu: float
+    sync_cpu: float
     # None: no peer for this target.
     peer_rate: float | None
     peak_rss_mib: float
@@ -317,6 +358,8 @@ class Bench:
     data: Path
     batch_size: int
     mongodb_url: str | None
+    # A directory for py-spy's profile of each sync's worker (collapsed stacks), or None.
+    profile: Path | None = None
 
     def target_settings(self, target: str, rows: int) -> dict[str, str]:
         if target == "sqlite":
@@ -337,9 +380,9 @@ class Bench:
 
     async def sync(
         self, postgres_url: str, target: str, rows: int
-    ) -> tuple[float, float, dict[str, tuple[float, float]]]:
-        """Rows per second of a full sync to ``target``, the worker's peak RSS in MiB, and the
-        seconds spent in each step."""
+    ) -> tuple[float, float, float, dict[str, tuple[float, float]]]:
+        """Rows per second of a full sync to ``target``, the worker's CPU seconds and peak RSS
+        in MiB, and the seconds spent in each step."""
         dataset, task_queue = f"bench_{target}", f"bench-sync-{target}-{rows}"
         dataset_config = {
             "name": dataset,
@@ -363,23 +406,26 @@ class Bench:
         )
         log = self.data / f"worker-{target}-{rows}.log"
         async with running_worker(self.client, environment, task_queue, log) as worker:
-            began = time.perf_counter()
-            result = await self.client.execute_workflow(
-                DataSyncWorkflow.run,
-                SyncInput(dataset=dataset),
-                id=sync_workflow_id(dataset),
-                task_queue=task_queue,
-            )
-            elapsed = time.perf_counter() - began
+            async with profiled(worker.pid, self.profile, f"{target}-{rows}"):
+                began, cpu = time.perf_counter(), cpu_seconds(worker.pid)
+                result = await self.client.execute_workflow(
+                    DataSyncWorkflow.run,
+                    SyncInput(dataset=dataset),
+                    id=sync_workflow_id(dataset),
+                    task_queue=task_queue,
+                )
+                elapsed = time.perf_counter() - began
+                cpu = cpu_seconds(worker.pid) - cpu
             peak = peak_rss_mib(worker.pid)
         if result.status is not SyncStatus.COMPLETED or result.progress.rows_synced != rows:
             raise RuntimeError(f"the sync to {target} did not sync {rows} rows: {result}")
-        return rows / elapsed, peak, await step_seconds(self.client, sync_workflow_id(dataset))
+        steps = await step_seconds(self.client, sync_workflow_id(dataset))
+        return rows / elapsed, cpu, peak, steps
 
     async def measure(self, target: str, rows: int, postgres_url: str) -> Figures:
         async with self.raw_sink(target, rows) as write:
-            raw_rate = await raw_copy(postgres_url, self.batch_size, write)
-        sync_rate, peak, steps = await self.sync(postgres_url, target, rows)
+            raw_rate, raw_cpu = await raw_copy(postgres_url, self.batch_size, write)
+        sync_rate, sync_cpu, peak, steps = await self.sync(postgres_url, target, rows)
         peer_rate = None
         if target == "sqlite":
             peer_rate = await asyncio.to_thread(
@@ -390,7 +436,8 @@ class Bench:
                 self.data / "dlt",
                 self.batch_size,
             )
-        return Figures(raw_rate, sync_rate, peer_rate, peak, steps)
+        per = 100_000 / rows
+        return Figures(raw_rate, sync_rate, raw_cpu * per, sync_cpu * per, peer_rate, peak, steps)
 
 
 def load() -> str:
@@ -401,13 +448,18 @@ def report(results: dict[tuple[str, int], Figures], batch_size: int, loads: list
     print(f"PostgreSQL source, batch size {batch_size}; one dev server, one worker process")
     print(f"load average (1, 5, 15 min): before {loads[0]}; after {loads[1]}")
     header = f"{'target':8} {'rows':>9} {'raw rows/s':>11} {'sync rows/s':>12}"
-    print(f"{header} {'peer rows/s':>12} {'sync/raw':>9} {'worker peak RSS MiB':>20}")
+    print(
+        f"{header} {'peer rows/s':>12} {'sync/raw':>9} {'worker peak RSS MiB':>20}"
+        f" {'CPU s/100k raw':>15} {'sync':>6}"
+    )
     for (target, rows), figures in results.items():
         ratio = figures.sync_rate / figures.raw_rate
         peer = "-" if figures.peer_rate is None else f"{figures.peer_rate:.0f}"
         print(
             f"{target:8} {rows:>9} {figures.raw_rate:11.0f} {figures.sync_rate:12.0f}"
             f" {peer:>12} {ratio:9.2f} {figures.peak_rss_mib:20.1f}"
+            f" {figures.raw_cpu:15.2f} {figures.sync_cpu:6.2f}",
+            flush=True,
         )
     print("seconds in each step of the sync (running on the worker / queued before it ran):")
     for (target, rows), figures in results.items():
@@ -424,7 +476,9 @@ def report(results: dict[tuple[str, int], Figures], batch_size: int, loads: list
             print(f"  {target}: {largest.peak_rss_mib / smallest.peak_rss_mib:.2f}")
 
 
-async def main(sizes: list[int], targets: list[str], batch_size: int) -> None:
+async def main(
+    sizes: list[int], targets: list[str], batch_size: int, profile: Path | None = None
+) -> None:
     loads = [load()]
     async with AsyncExitStack() as stack:
         data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nexpo-sync-bench-")))
@@ -438,7 +492,7 @@ async def main(sizes: list[int], targets: list[str], batch_size: int) -> None:
         client = await connect(
             Settings(_env_file=None, enable_temporal=True, temporal_server_url=server.address)
         )
-        bench = Bench(client, server.address, data, batch_size, mongodb_url)
+        bench = Bench(client, server.address, data, batch_size, mongodb_url, profile)
         # At wal_level=logical: the sync copies the table, then reads the log.
         admin_url = await stack.enter_async_context(logical_server())
         results: dict[tuple[str, int], Figures] = {}
@@ -468,5 +522,11 @@ if __name__ == "__main__":
     parser.add_argument("--rows", type=numbers, default=[100_000, 1_000_000])
     parser.add_argument("--targets", type=names, default=["sqlite", "mongodb"])
     parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a directory for py-spy's collapsed stacks of each sync's worker",
+    )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.rows, arguments.targets, arguments.batch_size))
+    asyncio.run(main(arguments.rows, arguments.targets, arguments.batch_size, arguments.profile))

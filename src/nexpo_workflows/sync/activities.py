@@ -10,6 +10,7 @@ counts, whatever the number of rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
@@ -149,6 +150,12 @@ class SyncActivities:
         # usually on this worker right after, then neither read nor validate it again. A worker
         # that did not validate the batch reads it itself. Bounded: memory stays flat.
         self._validated: OrderedDict[tuple[str, ChangeBatch], PreparedBatch] = OrderedDict()
+        # The batches of a copy of the table that detection has just read and checked (one
+        # query for the batch and its rows), for their validation step.
+        self._detected: OrderedDict[tuple[str, ChangeBatch], PreparedBatch] = OrderedDict()
+        # Per dataset, the copy's next batch being read and checked ahead, while the targets
+        # write and verify the current one: its (after, until, limit) and the task.
+        self._ahead: dict[str, tuple[tuple[Watermark, str | None, int], asyncio.Task[Any]]] = {}
 
     def _dataset(self, name: str) -> DatasetConfig:
         try:
@@ -211,14 +218,25 @@ class SyncActivities:
     async def _prepare(self, plan: SyncPlan, batch: ChangeBatch) -> PreparedBatch:
         """The batch as targets receive it: its valid rows, its invalid rows as quarantined,
         and the keys gone from the source."""
-        validate = self._validator(plan.dataset)
-        dataset = self._dataset(plan.dataset)
         try:
             rows, gone = await self._rows(plan, batch)
         except (SourceConfigError, CaptureRefusedError) as error:
             raise _refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
+        return self._keep(plan, batch, self._checked(plan, rows, gone))
+
+    def _keep(self, plan: SyncPlan, batch: ChangeBatch, prepared: PreparedBatch) -> PreparedBatch:
+        self._validated[plan.dataset, batch] = prepared
+        while len(self._validated) > VALIDATED_BATCHES_KEPT:
+            self._validated.popitem(last=False)
+        return prepared
+
+    def _checked(self, plan: SyncPlan, rows: list[SourceRow], gone: list[str]) -> PreparedBatch:
+        """``rows`` checked against the dataset's schema: the valid ones as targets store them,
+        the invalid ones as quarantined."""
+        validate = self._validator(plan.dataset)
+        dataset = self._dataset(plan.dataset)
         prepared = PreparedBatch(gone=gone)
         # A tombstone carries no fields to check.
         live = [row for row in rows if not row.deleted]
@@ -242,9 +260,6 @@ class SyncActivities:
             records.versions.append(row.version)
             records.deleted.append(row.deleted)
             records.data.append(data or {})
-        self._validated[plan.dataset, batch] = prepared
-        while len(self._validated) > VALIDATED_BATCHES_KEPT:
-            self._validated.popitem(last=False)
         return prepared
 
     async def _prepared(self, plan: SyncPlan, batch: ChangeBatch, *, fresh: bool) -> PreparedBatch:
@@ -371,7 +386,7 @@ class SyncActivities:
             _, state = await self._load_state(plan)
             assert state is not None  # open_capture saved it
             state.after = after.id
-            batch = await self._source(plan).next_batch(after, plan.batch_size, state.until)
+            batch = await self._copy_batch(plan, after, state.until)
             state.done = batch.count == 0
             await self._save_snapshot(plan, state)
             if batch.count:
@@ -396,12 +411,54 @@ class SyncActivities:
             count=len(segment.changes),
         )
 
+    async def _copy_batch(self, plan: SyncPlan, after: Watermark, until: str | None) -> ChangeBatch:
+        """The copy's next batch after ``after``, read with its rows and checked (kept for the
+        validation step); the batch after it is then read and checked in the background, so
+        that work overlaps the writes and verification of this one."""
+        wanted = (after, until, plan.batch_size)
+        ahead = self._ahead.pop(plan.dataset, None)
+        found: tuple[ChangeBatch, PreparedBatch] | None = None
+        if ahead is not None:
+            position, task = ahead
+            if position == wanted:
+                with contextlib.suppress(Exception):
+                    # A read ahead that failed is read again here, where its error counts.
+                    found = await task
+            else:
+                task.cancel()
+        if found is None:
+            async with heartbeating("reading the source"):
+                found = await self._read_copy_batch(plan, after, until)
+        batch, prepared = found
+        if batch.count:
+            self._keep(plan, batch, prepared)
+            self._detected[plan.dataset, batch] = prepared
+            while len(self._detected) > VALIDATED_BATCHES_KEPT:
+                self._detected.popitem(last=False)
+        if batch.count == plan.batch_size and batch.last is not None:
+            task = asyncio.create_task(self._read_copy_batch(plan, batch.last, until))
+            task.add_done_callback(_retrieved)
+            self._ahead[plan.dataset] = ((batch.last, until, plan.batch_size), task)
+        return batch
+
+    async def _read_copy_batch(
+        self, plan: SyncPlan, after: Watermark, until: str | None
+    ) -> tuple[ChangeBatch, PreparedBatch]:
+        rows = await self._source(plan).next_rows(after, plan.batch_size, until)
+        if not rows:
+            return ChangeBatch(after=after, last=None, count=0), PreparedBatch()
+        last = after.model_copy(update={"id": rows[-1].id})
+        batch = ChangeBatch(after=after, last=last, count=len(rows))
+        return batch, self._checked(plan, rows, [])
+
     @activity.defn(name="validate_data")
     async def validate_data(self, input: BatchInput) -> ValidationOutcome:
         """Check each row against the dataset's schema; the invalid ones go to quarantine
         with their reason (counted, never written to a target). A key gone from the source
         leaves the quarantine too: nothing of an erased row stays behind."""
-        prepared = await self._prepare(input.plan, input.batch)
+        prepared = self._detected.pop((input.plan.dataset, input.batch), None)
+        if prepared is None:
+            prepared = await self._prepare(input.plan, input.batch)
         source = self._provider(input.plan.source)
         quarantine = QUARANTINE_PREFIX + input.plan.dataset
         try:
@@ -593,6 +650,13 @@ class SyncActivities:
             self.verify_sync,
             self.erase_synced_copies,
         ]
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A read ahead's error, retrieved so asyncio does not log it: the step that wanted the
+    batch reads it again and reports its own."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _selected(records: RecordBatch, skip: set[str], only: set[str] | None) -> RecordBatch:

@@ -224,15 +224,31 @@ class SourceTable:
         return ChangeBatch(after=after, last=last, count=len(keys))
 
     def _source_row(self, values: dict[str, Any], version: int) -> SourceRow:
+        """A row from ``values``, a dict of its own (taken over, not copied)."""
         source = self._source
         deleted = bool(values.pop(source.deleted_column)) if source.deleted_column else False
-        data = values[source.data_column] if source.data_column else values
+        data = dict(values[source.data_column] or {}) if source.data_column else values
         return SourceRow(
-            id=str(values[source.key_column]),
-            version=version,
-            deleted=deleted,
-            data=dict(data or {}),
+            id=str(values[source.key_column]), version=version, deleted=deleted, data=data
         )
+
+    async def next_rows(
+        self, after: Watermark, limit: int, until: str | None = None
+    ) -> list[SourceRow]:
+        """Log capture's copy of the table: the next ``limit`` rows after the key ``after.id``
+        up to the key ``until``, with their fields, each with the copy's version; the batch
+        ``next_batch`` would name, read in the same query as its rows."""
+        assert after.kind is PositionKind.SNAPSHOT
+        table = await self._reflected()
+        last = after.model_copy(update={"id": until}) if until is not None else None
+        statement = self._ordered(
+            table,
+            select(table).where(*self._range(table, after, last)).limit(limit),
+            PositionKind.SNAPSHOT,
+        )
+        return [
+            self._source_row(values, after.version) for values in await self._fetch_dicts(statement)
+        ]
 
     async def rows(self, after: Watermark | None, last: Watermark | None) -> list[SourceRow]:
         """Every row in (after, last], with its fields as the source holds them."""
