@@ -357,6 +357,8 @@ class Bench:
     temporal_address: str
     data: Path
     batch_size: int
+    # Rows per step of the sync (its batch); the raw copy reads and writes ``batch_size``.
+    sync_batch_size: int
     mongodb_url: str | None
     # A directory for py-spy's profile of each sync's worker (collapsed stacks), or None.
     profile: Path | None = None
@@ -399,7 +401,7 @@ class Bench:
                 "ENABLE_POSTGRES": "true",
                 "POSTGRES_URL": postgres_url,
                 "SYNC_DATASETS": json.dumps([dataset_config]),
-                "SYNC_BATCH_SIZE": str(self.batch_size),
+                "SYNC_BATCH_SIZE": str(self.sync_batch_size),
                 "METRICS_BIND_ADDRESS": "off",
                 **self.target_settings(target, rows),
             }
@@ -444,8 +446,13 @@ def load() -> str:
     return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def report(results: dict[tuple[str, int], Figures], batch_size: int, loads: list[str]) -> None:
-    print(f"PostgreSQL source, batch size {batch_size}; one dev server, one worker process")
+def report(
+    results: dict[tuple[str, int], Figures], batch_size: int, sync_batch_size: int, loads: list[str]
+) -> None:
+    print(
+        f"PostgreSQL source, raw copy batch size {batch_size}, sync batch size {sync_batch_size};"
+        " one dev server, one worker process"
+    )
     print(f"load average (1, 5, 15 min): before {loads[0]}; after {loads[1]}")
     header = f"{'target':8} {'rows':>9} {'raw rows/s':>11} {'sync rows/s':>12}"
     print(
@@ -477,7 +484,11 @@ def report(results: dict[tuple[str, int], Figures], batch_size: int, loads: list
 
 
 async def main(
-    sizes: list[int], targets: list[str], batch_size: int, profile: Path | None = None
+    sizes: list[int],
+    targets: list[str],
+    batch_size: int,
+    sync_batch_size: int,
+    profile: Path | None = None,
 ) -> None:
     loads = [load()]
     async with AsyncExitStack() as stack:
@@ -492,7 +503,9 @@ async def main(
         client = await connect(
             Settings(_env_file=None, enable_temporal=True, temporal_server_url=server.address)
         )
-        bench = Bench(client, server.address, data, batch_size, mongodb_url, profile)
+        bench = Bench(
+            client, server.address, data, batch_size, sync_batch_size, mongodb_url, profile
+        )
         # At wal_level=logical: the sync copies the table, then reads the log.
         admin_url = await stack.enter_async_context(logical_server())
         results: dict[tuple[str, int], Figures] = {}
@@ -502,7 +515,7 @@ async def main(
                 for target in targets:
                     results[target, rows] = await bench.measure(target, rows, postgres_url)
     loads.append(load())
-    report(results, batch_size, loads)
+    report(results, batch_size, sync_batch_size, loads)
 
 
 def numbers(text: str) -> list[int]:
@@ -523,10 +536,24 @@ if __name__ == "__main__":
     parser.add_argument("--targets", type=names, default=["sqlite", "mongodb"])
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument(
+        "--sync-batch-size",
+        type=int,
+        default=None,
+        help="rows per step of the sync (default: --batch-size)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
         help="a directory for py-spy's collapsed stacks of each sync's worker",
     )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.rows, arguments.targets, arguments.batch_size, arguments.profile))
+    asyncio.run(
+        main(
+            arguments.rows,
+            arguments.targets,
+            arguments.batch_size,
+            arguments.sync_batch_size or arguments.batch_size,
+            arguments.profile,
+        )
+    )

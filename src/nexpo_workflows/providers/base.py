@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, Field
+from pydantic_core import to_json
 
 from nexpo_workflows.config import Settings
 
@@ -91,12 +92,26 @@ class RecordBatch:
     versions: list[int] = field(default_factory=list)
     deleted: list[bool] = field(default_factory=list)
     data: list[dict[str, Any]] = field(default_factory=list)
+    # ``row_hash`` of each record and its data as JSON text, once computed (``hashes``,
+    # ``json_data``); the columns are not changed after.
+    computed_hashes: list[int] | None = None
+    computed_json: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def hashes(self) -> list[int]:
-        return [row_hash(*row) for row in zip(self.ids, self.versions, self.deleted, strict=True)]
+        """``row_hash`` of each record, computed once."""
+        if self.computed_hashes is None or len(self.computed_hashes) != len(self.ids):
+            rows = zip(self.ids, self.versions, self.deleted, strict=True)
+            self.computed_hashes = [row_hash(*row) for row in rows]
+        return self.computed_hashes
+
+    def json_data(self) -> list[str]:
+        """Each record's data as JSON text (pydantic-core's encoder), computed once."""
+        if self.computed_json is None or len(self.computed_json) != len(self.ids):
+            self.computed_json = [to_json(value).decode() for value in self.data]
+        return self.computed_json
 
     def records(self) -> list[DatasetRecord]:
         return [

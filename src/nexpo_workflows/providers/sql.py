@@ -374,7 +374,7 @@ class SQLProvider(DatabaseProvider):
         if not batch:
             return
         engine = await self.ready_engine()
-        data = [to_json(value).decode() for value in batch.data]
+        data = batch.json_data()
         columns: dict[str, list[Any]] = {
             "dataset": [dataset] * len(batch),
             "id": batch.ids,

@@ -260,6 +260,12 @@ class SyncActivities:
             records.versions.append(row.version)
             records.deleted.append(row.deleted)
             records.data.append(data or {})
+        # Computed here, ahead of the steps that need them when the batch is read ahead: the
+        # hashes for the verification (and a write storing them), the JSON text for SQL writes.
+        records.hashes()
+        targets = [self._providers.get(target) for target in plan.targets]
+        if any(target is not None and target.sql_source() is not None for target in targets):
+            records.json_data()
         return prepared
 
     async def _prepared(self, plan: SyncPlan, batch: ChangeBatch, *, fresh: bool) -> PreparedBatch:
@@ -499,12 +505,13 @@ class SyncActivities:
 
     async def _expected(
         self, plan: SyncPlan, batch: ChangeBatch, skip: set[str], *, by_content: bool
-    ) -> tuple[dict[str, tuple[int, bool]], list[str]]:
-        """What every target must hold for the batch now: (version, tombstone) by id, and the
-        keys it must not hold."""
+    ) -> tuple[dict[str, tuple[int, bool]], list[str], dict[str, int] | None]:
+        """What every target must hold for the batch now: (version, tombstone) by id, the
+        keys it must not hold, and (when known) the ``row_hash`` of each wanted id."""
         if batch.kind is PositionKind.VERSIONS:
             versions = await self._source(plan).versions(batch.after, batch.last)
-            return {v.id: (v.version, v.deleted) for v in versions if v.id not in skip}, []
+            wanted = {v.id: (v.version, v.deleted) for v in versions if v.id not in skip}
+            return wanted, [], None
         # The rows this worker validated and wrote (a worker that did not reads the batch
         # again): a row changed since is in a later batch of the log, and a row inserted into
         # a copied range since arrives with the log. An audit compares the fields of the
@@ -512,9 +519,11 @@ class SyncActivities:
         prepared = await self._prepared(plan, batch, fresh=by_content)
         records = _selected(prepared.records, skip, None)
         if by_content:
-            return {r.id: (content_version(r), r.deleted) for r in records.records()}, prepared.gone
+            wanted = {r.id: (content_version(r), r.deleted) for r in records.records()}
+            return wanted, prepared.gone, None
         states = zip(records.versions, records.deleted, strict=True)
-        return dict(zip(records.ids, states, strict=True)), prepared.gone
+        hashes = dict(zip(records.ids, records.hashes(), strict=True))
+        return dict(zip(records.ids, states, strict=True)), prepared.gone, hashes
 
     async def _held(
         self, plan: SyncPlan, target: str, ids: list[str], *, by_content: bool
@@ -533,6 +542,7 @@ class SyncActivities:
         target: str,
         wanted: dict[str, tuple[int, bool]],
         key_sets: list[list[str]],
+        hashes: dict[str, int] | None = None,
     ) -> tuple[list[str], KeysChecksum]:
         """The keys among ``key_sets`` whose (version, tombstone) on ``target`` is not the
         wanted one (absent from ``wanted``: must not be there), and what the target holds of
@@ -544,7 +554,7 @@ class SyncActivities:
         pending = [
             keys
             for keys, checksum in zip(key_sets, found, strict=True)
-            if checksum != _checksum_of(keys, wanted)
+            if checksum != _checksum_of(keys, wanted, hashes)
         ]
         differing: list[str] = []
         while pending:
@@ -563,7 +573,7 @@ class SyncActivities:
             pending = [
                 keys
                 for keys, checksum in zip(halves, found, strict=True)
-                if checksum != _checksum_of(keys, wanted)
+                if checksum != _checksum_of(keys, wanted, hashes)
             ]
         return differing, held
 
@@ -602,7 +612,7 @@ class SyncActivities:
         missing or different, a key that should be gone)."""
         plan, batch = input.plan, input.batch
         try:
-            wanted, gone = await self._expected(
+            wanted, gone, hashes = await self._expected(
                 plan, batch, set(input.skip_ids), by_content=input.by_content
             )
             if input.by_content:
@@ -611,7 +621,10 @@ class SyncActivities:
             key_sets += [list(keys) for keys in chunked(gone, CHECKSUM_KEYS)]
             async with heartbeating("comparing checksums"):
                 found = await asyncio.gather(
-                    *(self._differing(plan, target, wanted, key_sets) for target in plan.targets)
+                    *(
+                        self._differing(plan, target, wanted, key_sets, hashes)
+                        for target in plan.targets
+                    )
                 )
         except SourceConfigError as error:
             raise _refusal(error) from error
@@ -622,7 +635,7 @@ class SyncActivities:
                 target=target,
                 source_count=len(wanted),
                 target_count=held.count,
-                source_checksum=_spelled(_checksum_of(list(wanted), wanted)),
+                source_checksum=_spelled(_checksum_of(list(wanted), wanted, hashes)),
                 target_checksum=_spelled(held),
                 ids=differing,
             )
@@ -668,16 +681,25 @@ def _selected(records: RecordBatch, skip: set[str], only: set[str] | None) -> Re
         for n, record_id in enumerate(records.ids)
         if record_id not in skip and (only is None or record_id in only)
     ]
+    hashes, encoded = records.hashes(), records.computed_json
     return RecordBatch(
         ids=[records.ids[n] for n in keep],
         versions=[records.versions[n] for n in keep],
         deleted=[records.deleted[n] for n in keep],
         data=[records.data[n] for n in keep],
+        computed_hashes=[hashes[n] for n in keep],
+        computed_json=None if encoded is None else [encoded[n] for n in keep],
     )
 
 
-def _checksum_of(keys: list[str], wanted: dict[str, tuple[int, bool]]) -> KeysChecksum:
-    """What a target must hold of ``keys``: the wanted ones, none of the others."""
+def _checksum_of(
+    keys: list[str], wanted: dict[str, tuple[int, bool]], hashes: dict[str, int] | None = None
+) -> KeysChecksum:
+    """What a target must hold of ``keys``: the wanted ones, none of the others (``hashes``:
+    the ``row_hash`` of the wanted ones, when already computed)."""
+    if hashes is not None:
+        known = [hashes[key] for key in keys if key in wanted]
+        return KeysChecksum(len(known), sum(known))
     present = [(key, wanted[key]) for key in keys if key in wanted]
     return KeysChecksum(
         len(present), sum(row_hash(key, version, deleted) for key, (version, deleted) in present)
