@@ -242,6 +242,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of each of the process's threads so far, summed by thread name."""
+    totals: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            totals[name] = totals.get(name, 0.0) + seconds
+    return totals
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -296,6 +308,8 @@ async def profiled(pid: int, directory: Path | None, name: str) -> AsyncIterator
         str(pid),
         "--rate",
         "250",
+        # Only the thread holding the GIL: the worker's Python (and C called with the GIL).
+        "--gil",
         "--format",
         "raw",
         "--output",
@@ -410,6 +424,7 @@ class Bench:
         async with running_worker(self.client, environment, task_queue, log) as worker:
             async with profiled(worker.pid, self.profile, f"{target}-{rows}"):
                 began, cpu = time.perf_counter(), cpu_seconds(worker.pid)
+                threads = thread_cpu_seconds(worker.pid)
                 result = await self.client.execute_workflow(
                     DataSyncWorkflow.run,
                     SyncInput(dataset=dataset),
@@ -418,6 +433,17 @@ class Bench:
                 )
                 elapsed = time.perf_counter() - began
                 cpu = cpu_seconds(worker.pid) - cpu
+                if self.profile is not None:
+                    spent = {
+                        name: seconds - threads.get(name, 0.0)
+                        for name, seconds in thread_cpu_seconds(worker.pid).items()
+                    }
+                    top = sorted(spent.items(), key=lambda item: -item[1])[:8]
+                    print(
+                        f"worker CPU s by thread ({target}, {rows}):",
+                        ", ".join(f"{name} {seconds:.2f}" for name, seconds in top),
+                        flush=True,
+                    )
             peak = peak_rss_mib(worker.pid)
         if result.status is not SyncStatus.COMPLETED or result.progress.rows_synced != rows:
             raise RuntimeError(f"the sync to {target} did not sync {rows} rows: {result}")

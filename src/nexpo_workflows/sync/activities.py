@@ -150,9 +150,6 @@ class SyncActivities:
         # usually on this worker right after, then neither read nor validate it again. A worker
         # that did not validate the batch reads it itself. Bounded: memory stays flat.
         self._validated: OrderedDict[tuple[str, ChangeBatch], PreparedBatch] = OrderedDict()
-        # The batches of a copy of the table that detection has just read and checked (one
-        # query for the batch and its rows), for their validation step.
-        self._detected: OrderedDict[tuple[str, ChangeBatch], PreparedBatch] = OrderedDict()
         # Per dataset, the copy's next batch being read and checked ahead, while the targets
         # write and verify the current one: its (after, until, limit) and the task.
         self._ahead: dict[str, tuple[tuple[Watermark, str | None, int], asyncio.Task[Any]]] = {}
@@ -392,11 +389,13 @@ class SyncActivities:
             _, state = await self._load_state(plan)
             assert state is not None  # open_capture saved it
             state.after = after.id
-            batch = await self._copy_batch(plan, after, state.until)
+            batch, prepared = await self._copy_batch(plan, after, state.until)
             state.done = batch.count == 0
             await self._save_snapshot(plan, state)
             if batch.count:
-                return batch
+                # Read and checked with the batch: quarantined here, no validation step.
+                checked = await self._quarantined(plan, prepared)
+                return batch.model_copy(update={"checked": checked})
         segment = await log.read(limit=plan.batch_size, upto=input.until)
         # Transactions that changed no row of the dataset: confirmed at once, or the log
         # would be held for them.
@@ -417,10 +416,12 @@ class SyncActivities:
             count=len(segment.changes),
         )
 
-    async def _copy_batch(self, plan: SyncPlan, after: Watermark, until: str | None) -> ChangeBatch:
-        """The copy's next batch after ``after``, read with its rows and checked (kept for the
-        validation step); the batch after it is then read and checked in the background, so
-        that work overlaps the writes and verification of this one."""
+    async def _copy_batch(
+        self, plan: SyncPlan, after: Watermark, until: str | None
+    ) -> tuple[ChangeBatch, PreparedBatch]:
+        """The copy's next batch after ``after``, read with its rows in one query and checked
+        (kept for the writes); the batch after it is then read and checked in the background,
+        so that work overlaps the writes and verification of this one."""
         wanted = (after, until, plan.batch_size)
         ahead = self._ahead.pop(plan.dataset, None)
         found: tuple[ChangeBatch, PreparedBatch] | None = None
@@ -438,14 +439,11 @@ class SyncActivities:
         batch, prepared = found
         if batch.count:
             self._keep(plan, batch, prepared)
-            self._detected[plan.dataset, batch] = prepared
-            while len(self._detected) > VALIDATED_BATCHES_KEPT:
-                self._detected.popitem(last=False)
         if batch.count == plan.batch_size and batch.last is not None:
             task = asyncio.create_task(self._read_copy_batch(plan, batch.last, until))
             task.add_done_callback(_retrieved)
             self._ahead[plan.dataset] = ((batch.last, until, plan.batch_size), task)
-        return batch
+        return batch, prepared
 
     async def _read_copy_batch(
         self, plan: SyncPlan, after: Watermark, until: str | None
@@ -462,11 +460,14 @@ class SyncActivities:
         """Check each row against the dataset's schema; the invalid ones go to quarantine
         with their reason (counted, never written to a target). A key gone from the source
         leaves the quarantine too: nothing of an erased row stays behind."""
-        prepared = self._detected.pop((input.plan.dataset, input.batch), None)
-        if prepared is None:
-            prepared = await self._prepare(input.plan, input.batch)
-        source = self._provider(input.plan.source)
-        quarantine = QUARANTINE_PREFIX + input.plan.dataset
+        prepared = await self._prepare(input.plan, input.batch)
+        return await self._quarantined(input.plan, prepared)
+
+    async def _quarantined(self, plan: SyncPlan, prepared: PreparedBatch) -> ValidationOutcome:
+        """Quarantine the batch's invalid rows (and release the keys gone from the source);
+        the batch's validation outcome."""
+        source = self._provider(plan.source)
+        quarantine = QUARANTINE_PREFIX + plan.dataset
         try:
             if prepared.quarantine:
                 await source.upsert_records(quarantine, prepared.quarantine)

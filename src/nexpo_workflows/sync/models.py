@@ -137,6 +137,15 @@ class DetectChangesInput(BaseModel):
     record: bool = True
 
 
+class ValidationOutcome(BaseModel):
+    valid: int
+    quarantined: int
+    # Rows gone from the source (log capture): deleted from every target.
+    deleted: int = 0
+    # Never written to targets; the quarantine holds each with its reason.
+    invalid_ids: list[str]
+
+
 class ChangeBatch(BaseModel):
     """The next rows after ``after``, up to ``last`` inclusive (bounds only: rows stay out of
     history, and the steps read the range, or the log up to ``last``, from the source)."""
@@ -146,6 +155,10 @@ class ChangeBatch(BaseModel):
     after: Watermark | None
     last: Watermark | None
     count: int
+    # Set by detection when it has already read and checked the batch (log capture's copy of
+    # the table) and quarantined its invalid rows: the workflow skips the validation step
+    # and passes the batch on without it.
+    checked: ValidationOutcome | None = None
 
     @property
     def kind(self) -> PositionKind:
@@ -155,15 +168,6 @@ class ChangeBatch(BaseModel):
 class BatchInput(BaseModel):
     plan: SyncPlan
     batch: ChangeBatch
-
-
-class ValidationOutcome(BaseModel):
-    valid: int
-    quarantined: int
-    # Rows gone from the source (log capture): deleted from every target.
-    deleted: int = 0
-    # Never written to targets; the quarantine holds each with its reason.
-    invalid_ids: list[str]
 
 
 class SyncBatchInput(BaseModel):

@@ -196,9 +196,13 @@ class DataSyncWorkflow:
     async def _sync_batch(self, plan: SyncPlan, batch: ChangeBatch, *, audit: bool) -> None:
         progress = self._progress
         progress.phase = SyncPhase.VALIDATING
-        validation: ValidationOutcome = await self._step(
-            "validate_data", BatchInput(plan=plan, batch=batch), ValidationOutcome
-        )
+        validation: ValidationOutcome
+        if batch.checked is not None:  # detection read and checked it already
+            validation, batch = batch.checked, batch.model_copy(update={"checked": None})
+        else:
+            validation = await self._step(
+                "validate_data", BatchInput(plan=plan, batch=batch), ValidationOutcome
+            )
         skip = validation.invalid_ids
         by_content = audit and plan.capture is CaptureMode.LOG
         if not audit:
