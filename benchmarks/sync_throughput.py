@@ -78,6 +78,8 @@ CATEGORIES = ("tools", "garden", "kitchen", "books", "toys")
 TOMBSTONE_EVERY = 50
 WORKER_READY_TIMEOUT_SECONDS = 60.0
 
+# The provider each target is synced through.
+PROVIDERS = {"sqlite": "sqlite", "mongodb": "mongodb", "postgres": "sqlserver"}
 RawWrite = Callable[[list[asyncpg.Record]], Awaitable[None]]
 
 
@@ -146,6 +148,38 @@ async def sqlite_sink(path: Path) -> AsyncIterator[RawWrite]:
 
 
 @contextlib.asynccontextmanager
+async def postgres_sink(url: str) -> AsyncIterator[RawWrite]:
+    """PostgreSQL's bulk upsert, as the sync's: binary COPY into a staging table, then one
+    ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` from it, one transaction per batch."""
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(
+            f"CREATE TABLE {TABLE} (id text PRIMARY KEY, name text NOT NULL,"
+            " price numeric NOT NULL, description text NOT NULL, category text NOT NULL,"
+            " updated_at timestamptz NOT NULL, deleted boolean NOT NULL)"
+        )
+        await connection.execute(
+            f"CREATE TEMPORARY TABLE {TABLE}_staging (LIKE {TABLE}) ON COMMIT DELETE ROWS"
+        )
+        updates = ", ".join(f"{name} = excluded.{name}" for name in COLUMNS[1:])
+        upsert = (
+            f"INSERT INTO {TABLE} SELECT * FROM {TABLE}_staging"
+            f" ON CONFLICT (id) DO UPDATE SET {updates}"
+        )
+
+        async def write(rows: list[asyncpg.Record]) -> None:
+            async with connection.transaction():
+                await connection.copy_records_to_table(
+                    f"{TABLE}_staging", records=rows, columns=COLUMNS
+                )
+                await connection.execute(upsert)
+
+        yield write
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
 async def mongodb_sink(url: str, database: str) -> AsyncIterator[RawWrite]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
     try:
@@ -177,8 +211,9 @@ async def raw_copy(postgres_url: str, batch_size: int, write: RawWrite) -> tuple
         await connection.close()
 
 
-def peer_load(source_url: str, rows: int, database: Path, directory: Path, batch: int) -> float:
-    """Rows per second of dlt moving the source table into a SQLite file, merging on the key."""
+def peer_load(source_url: str, rows: int, target_url: str, directory: Path, batch: int) -> float:
+    """Rows per second of dlt moving the source table into the database of ``target_url`` (a
+    SQLite file through SQLAlchemy, or PostgreSQL), merging on the key."""
     import dlt
     from dlt.sources.sql_database import sql_table
 
@@ -190,8 +225,13 @@ def peer_load(source_url: str, rows: int, database: Path, directory: Path, batch
     )
     table.apply_hints(primary_key="id", write_disposition="merge")
     pipeline = dlt.pipeline(
-        pipeline_name=f"peer_{rows}",
-        destination=dlt.destinations.sqlalchemy(credentials=f"sqlite:///{database}"),
+        pipeline_name=f"peer_{rows}_{target_url.partition(':')[0]}",
+        destination=(
+            # dlt requires a password; the benchmark's server trusts local connections.
+            dlt.destinations.postgres(credentials=target_url.replace("@", ":unused@", 1))
+            if target_url.startswith("postgresql")
+            else dlt.destinations.sqlalchemy(credentials=target_url)
+        ),
         dataset_name="main",
         pipelines_dir=str(directory),
     )
@@ -370,6 +410,7 @@ class Bench:
     client: Client
     temporal_address: str
     data: Path
+    admin_url: str
     batch_size: int
     # Rows per step of the sync (its batch); the raw copy reads and writes ``batch_size``.
     sync_batch_size: int
@@ -377,9 +418,18 @@ class Bench:
     # A directory for py-spy's profile of each sync's worker (collapsed stacks), or None.
     profile: Path | None = None
 
-    def target_settings(self, target: str, rows: int) -> dict[str, str]:
+    def target_settings(self, target: str, rows: int, target_url: str | None) -> dict[str, str]:
         if target == "sqlite":
             return {"ENABLE_SQLITE": "true", "SQLITE_PATH": str(self.data / f"sync-{rows}.db")}
+        if target == "postgres":
+            # The worker's PostgreSQL is the source: the target, another database of the same
+            # server, is the SQL provider of the "sqlserver" slot, any SQLAlchemy URL.
+            assert target_url is not None
+            return {
+                "ENABLE_SQLITE": "false",
+                "ENABLE_SQLSERVER": "true",
+                "SQLSERVER_URL": target_url.replace("postgresql://", "postgresql+asyncpg://", 1),
+            }
         assert self.mongodb_url is not None
         return {
             "ENABLE_SQLITE": "false",
@@ -388,14 +438,19 @@ class Bench:
             "MONGODB_DATABASE": f"bench_sync_{rows}",
         }
 
-    def raw_sink(self, target: str, rows: int) -> contextlib.AbstractAsyncContextManager[RawWrite]:
+    def raw_sink(
+        self, target: str, rows: int, target_url: str | None
+    ) -> contextlib.AbstractAsyncContextManager[RawWrite]:
         if target == "sqlite":
             return sqlite_sink(self.data / f"raw-{rows}.db")
+        if target == "postgres":
+            assert target_url is not None
+            return postgres_sink(target_url)
         assert self.mongodb_url is not None
         return mongodb_sink(self.mongodb_url, f"bench_raw_{rows}")
 
     async def sync(
-        self, postgres_url: str, target: str, rows: int
+        self, postgres_url: str, target: str, rows: int, target_url: str | None
     ) -> tuple[float, float, float, dict[str, tuple[float, float]]]:
         """Rows per second of a full sync to ``target``, the worker's CPU seconds and peak RSS
         in MiB, and the seconds spent in each step."""
@@ -403,7 +458,7 @@ class Bench:
         dataset_config = {
             "name": dataset,
             "source": {"provider": "postgres", "table": TABLE},
-            "targets": [target],
+            "targets": [PROVIDERS[target]],
             "schema": "benchmarks.sync_item:SyncItem",
         }
         environment = worker_environment(
@@ -417,7 +472,7 @@ class Bench:
                 "SYNC_DATASETS": json.dumps([dataset_config]),
                 "SYNC_BATCH_SIZE": str(self.sync_batch_size),
                 "METRICS_BIND_ADDRESS": "off",
-                **self.target_settings(target, rows),
+                **self.target_settings(target, rows, target_url),
             }
         )
         log = self.data / f"worker-{target}-{rows}.log"
@@ -451,19 +506,25 @@ class Bench:
         return rows / elapsed, cpu, peak, steps
 
     async def measure(self, target: str, rows: int, postgres_url: str) -> Figures:
-        async with self.raw_sink(target, rows) as write:
-            raw_rate, raw_cpu = await raw_copy(postgres_url, self.batch_size, write)
-        sync_rate, sync_cpu, peak, steps = await self.sync(postgres_url, target, rows)
-        peer_rate = None
-        if target == "sqlite":
-            peer_rate = await asyncio.to_thread(
-                peer_load,
-                postgres_url,
-                rows,
-                self.data / f"peer-{rows}.db",
-                self.data / "dlt",
-                self.batch_size,
+        async with AsyncExitStack() as stack:
+            urls: dict[str, str | None] = {"raw": None, "sync": None}
+            peer_url: str | None = f"sqlite:///{self.data / f'peer-{rows}.db'}"
+            if target == "postgres":
+                for name in urls:
+                    urls[name] = await stack.enter_async_context(fresh_database(self.admin_url))
+                peer_url = await stack.enter_async_context(fresh_database(self.admin_url))
+            elif target != "sqlite":
+                peer_url = None  # dlt has no MongoDB destination
+            async with self.raw_sink(target, rows, urls["raw"]) as write:
+                raw_rate, raw_cpu = await raw_copy(postgres_url, self.batch_size, write)
+            sync_rate, sync_cpu, peak, steps = await self.sync(
+                postgres_url, target, rows, urls["sync"]
             )
+            peer_rate = None
+            if peer_url is not None:
+                peer_rate = await asyncio.to_thread(
+                    peer_load, postgres_url, rows, peer_url, self.data / "dlt", self.batch_size
+                )
         per = 100_000 / rows
         return Figures(raw_rate, sync_rate, raw_cpu * per, sync_cpu * per, peer_rate, peak, steps)
 
@@ -529,11 +590,18 @@ async def main(
         client = await connect(
             Settings(_env_file=None, enable_temporal=True, temporal_server_url=server.address)
         )
-        bench = Bench(
-            client, server.address, data, batch_size, sync_batch_size, mongodb_url, profile
-        )
         # At wal_level=logical: the sync copies the table, then reads the log.
         admin_url = await stack.enter_async_context(logical_server())
+        bench = Bench(
+            client,
+            server.address,
+            data,
+            admin_url,
+            batch_size,
+            sync_batch_size,
+            mongodb_url,
+            profile,
+        )
         results: dict[tuple[str, int], Figures] = {}
         for rows in sizes:
             async with fresh_database(admin_url) as postgres_url:
@@ -550,16 +618,18 @@ def numbers(text: str) -> list[int]:
 
 def names(text: str) -> list[str]:
     chosen = text.split(",")
-    unknown = set(chosen) - {"sqlite", "mongodb"}
+    unknown = set(chosen) - set(PROVIDERS)
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown targets {sorted(unknown)}: sqlite, mongodb")
+        raise argparse.ArgumentTypeError(
+            f"unknown targets {sorted(unknown)}: {', '.join(PROVIDERS)}"
+        )
     return chosen
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=numbers, default=[100_000, 1_000_000])
-    parser.add_argument("--targets", type=names, default=["sqlite", "mongodb"])
+    parser.add_argument("--targets", type=names, default=["sqlite", "postgres", "mongodb"])
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument(
         "--sync-batch-size",
