@@ -381,7 +381,8 @@ class Figures:
 
 
 async def step_seconds(client: Client, workflow_id: str) -> dict[str, tuple[float, float]]:
-    """Where a sync's time went, from the histories of all its runs (continue-as-new)."""
+    """Where a sync's time went, from the histories of all its runs (continue-as-new): per
+    activity type, and for the workflow tasks that decide the next step."""
     totals: dict[str, list[float]] = {}
     async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
         history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
@@ -394,6 +395,18 @@ async def step_seconds(client: Client, workflow_id: str) -> dict[str, tuple[floa
                 scheduled[event.event_id] = (name, at)
             elif event.HasField("activity_task_started_event_attributes"):
                 started[event.activity_task_started_event_attributes.scheduled_event_id] = at
+            elif event.HasField("workflow_task_scheduled_event_attributes"):
+                scheduled[event.event_id] = ("(workflow tasks)", at)
+            elif event.HasField("workflow_task_started_event_attributes"):
+                started[event.workflow_task_started_event_attributes.scheduled_event_id] = at
+            elif event.HasField("workflow_task_completed_event_attributes"):
+                key = event.workflow_task_completed_event_attributes.scheduled_event_id
+                name, queued_at = scheduled[key]
+                running, queued = totals.setdefault(name, [0.0, 0.0])
+                totals[name] = [
+                    running + (at - started[key]).total_seconds(),
+                    queued + (started[key] - queued_at).total_seconds(),
+                ]
             elif event.HasField("activity_task_completed_event_attributes"):
                 key = event.activity_task_completed_event_attributes.scheduled_event_id
                 name, queued_at = scheduled[key]

@@ -224,6 +224,11 @@ class SyncActivities:
         return self._keep(plan, batch, self._checked(plan, rows, gone))
 
     def _keep(self, plan: SyncPlan, batch: ChangeBatch, prepared: PreparedBatch) -> PreparedBatch:
+        # One run of a dataset at a time, and its batches one after the other: another batch
+        # of the dataset kept here is done with (memory holds one batch per dataset, plus the
+        # one read ahead).
+        for key in [key for key in self._validated if key[0] == plan.dataset and key[1] != batch]:
+            del self._validated[key]
         self._validated[plan.dataset, batch] = prepared
         while len(self._validated) > VALIDATED_BATCHES_KEPT:
             self._validated.popitem(last=False)
