@@ -3,30 +3,39 @@
 Run from the repository root (after `bash scripts/test.sh` has installed everything):
 
     PYTHONPATH=src .venv/bin/python -m benchmarks.sync_throughput \
-        [--rows 100000,1000000] [--targets sqlite,mongodb] [--batch-size 5000]
+        [--rows 100000,1000000] [--targets sqlite,postgres,mongodb] [--batch-size 10000] \
+        [--sync-batch-size N] [--profile DIR]
 
 (``pip install -e .[bench]`` first: the peer loader.) For each number of rows, a fresh
 database on a PostgreSQL server at wal_level=logical holds a source table of ~200-byte rows
 (one in 50 a tombstone), filled by COPY. For each target:
 
-- ``raw``, the ceiling: the same rows read with asyncpg in keyset batches and written in bulk
-  with the write the sync does, one batch at a time (SQLite: ``executemany`` of an
-  ``INSERT ... ON CONFLICT DO UPDATE``, one transaction per batch, through aiosqlite;
-  MongoDB: unordered ``insert_many`` through PyMongo's async client, on SecantusDB, the
-  sync's first write to a new target too);
+- ``raw``, the ceiling: the same rows read with asyncpg in keyset batches of ``--batch-size``
+  and written in bulk with the write the sync does, one batch at a time (SQLite:
+  ``executemany`` of an ``INSERT ... ON CONFLICT DO UPDATE``, one transaction per batch,
+  through aiosqlite; PostgreSQL, another database of the same server: binary COPY into a
+  staging table and one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` per batch; MongoDB:
+  unordered ``insert_many`` through PyMongo's async client, on SecantusDB, the sync's first
+  write to a new target too);
 - ``sync``: DataSyncWorkflow for the dataset (the copy of the table: read, validation by the
   dataset's pydantic schema, write, verification) on an in-memory Temporal dev server, run by
-  ``nexpo-workflows worker`` in a process of its own, timed from start to result, with the
-  worker's peak RSS (VmHWM);
+  ``nexpo-workflows worker`` in a process of its own, in batches of ``--sync-batch-size``
+  (default: ``--batch-size``), timed from start to result, with the worker's peak RSS (VmHWM)
+  and CPU seconds; the PostgreSQL target is the SQL provider of the ``sqlserver`` slot given a
+  PostgreSQL URL (the worker's ``postgres`` provider is the source);
 - ``peer``: dlt's ``sql_database`` source (``sql_table``, SQLAlchemy backend, psycopg2) into
-  the same kind of target (SQLite through dlt's ``sqlalchemy`` destination; dlt has no
-  MongoDB destination), write disposition ``merge`` on the key (an upsert, as the sync),
-  timed from start to its load, in a thread of the benchmark's process.
+  the same kind of target (SQLite through dlt's ``sqlalchemy`` destination, PostgreSQL through
+  its ``postgres`` destination; dlt has no MongoDB destination), write disposition ``merge``
+  on the key (an upsert, as the sync), timed from start to its load, in a thread of the
+  benchmark's process.
 
-Prints rows/s of each, sync/raw (goal: >= 0.7) and the worker's peak RSS, the seconds in each
-step of the sync, and per target the peak RSS of the largest size over the smallest's (goal
-<= 1.2: memory flat). Every figure is wall-clock on whatever else the machine runs: the load
-average before and after is printed beside them.
+Prints rows/s of each, sync/raw (goal: >= 0.7), the worker's peak RSS, CPU seconds per 100,000
+rows of the raw copy (the benchmark's process) and of the worker (less noisy than wall-clock
+on a shared machine), the seconds in each step of the sync and in its workflow tasks, and per
+target the peak RSS of the largest size over the smallest's (goal <= 1.2: memory flat). With
+``--profile DIR``, py-spy samples each sync's worker (GIL holder only, collapsed stacks in DIR)
+and the worker's CPU per thread is printed. Every figure is wall-clock on whatever else the
+machine runs: the load average before and after is printed beside them.
 """
 
 from __future__ import annotations

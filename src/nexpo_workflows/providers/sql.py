@@ -183,6 +183,15 @@ _UPSERT_FROM_STAGING = (
 )
 
 
+# Count and row-hash sum of the records of one dataset ($1) among a set of keys ($2), each key
+# once, looked up through the primary key.
+_ARRAY_CHECKSUM = (
+    f"SELECT count(*), sum({_ROW_HASH_SQL['postgresql']}) FROM"
+    f" (SELECT DISTINCT unnest($2::text[]) AS key) AS wanted JOIN {RECORDS_STORE}"
+    " ON dataset = $1 AND id = wanted.key"
+)
+
+
 def _sqlite_row_hash(record_id: str, version: int, deleted: int) -> int:
     return row_hash(record_id, version, bool(deleted))
 
@@ -432,6 +441,8 @@ class SQLProvider(DatabaseProvider):
         engine = await self.ready_engine()
         if engine.dialect.name not in _ROW_HASH_SQL:
             return await super().checksums(dataset, key_sets)
+        if engine.dialect.name == "postgresql":
+            return await self._array_checksums(engine, dataset, key_sets)
         found: list[KeysChecksum] = []
         try:
             async with engine.connect() as connection:
@@ -448,6 +459,29 @@ class SQLProvider(DatabaseProvider):
                         # No row: the sum is NULL.
                         sums = KeysChecksum(sums.count + count, sums.total + int(total or 0))
                     found.append(sums)
+        except (exc.DBAPIError, OSError) as error:
+            raise self._classified(error) from error
+        return found
+
+    async def _array_checksums(
+        self, engine: AsyncEngine, dataset: str, key_sets: Sequence[Sequence[str]]
+    ) -> list[KeysChecksum]:
+        """PostgreSQL: each set as one array parameter, joined to the key index. An IN list of
+        parameters was planned as a scan of the dataset's rows filtered by the list whenever
+        the table had no statistics yet (a first copy): seconds per set at 100,000 rows."""
+        found: list[KeysChecksum] = []
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                driver: Any = raw.driver_connection
+                for keys in key_sets:
+                    try:
+                        row = await driver.fetchrow(_ARRAY_CHECKSUM, dataset, list(keys))
+                    except Exception as error:
+                        # asyncpg's own errors, past SQLAlchemy's adapter: classified alike.
+                        raise exc.DBAPIError(_ARRAY_CHECKSUM, None, error) from error
+                    count, total = row
+                    found.append(KeysChecksum(count, int(total or 0)))  # no row: a NULL sum
         except (exc.DBAPIError, OSError) as error:
             raise self._classified(error) from error
         return found
