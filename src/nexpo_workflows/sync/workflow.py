@@ -6,6 +6,13 @@ watermark) moves only past a verified batch, so a run interrupted anywhere (a wo
 target down) resumes from the last verified batch: every step is idempotent and a batch is
 rewritten whole, hence no duplicate and no gap. Runs continue as new every
 ``batches_per_run`` batches, so history stays bounded whatever the number of rows.
+
+A follow run (``SyncInput.follow``) does not end when it has caught up: it reads the log (or
+polls) with no end position, waits ``follow_poll_seconds`` whenever nothing is new, and applies
+each micro-batch with the same steps. Its empty looks count toward ``batches_per_run`` too, so
+an idle follow run's history stays bounded as well. The ``stop`` signal ends any run after its
+current batch: the position is recorded as verified (``record_position``) and the run returns
+``stopped``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         LoadWatermarkInput,
         OpenCaptureInput,
         PlanSyncInput,
+        RecordPositionInput,
         SyncBatchInput,
         SyncInput,
         SyncPhase,
@@ -75,10 +83,16 @@ class DataSyncWorkflow:
             else SyncProgress(dataset=input.dataset)
         )
         self._plan: SyncPlan | None = None
+        self._stop = False
 
     @workflow.query(name="progress")
     def progress(self) -> SyncProgress:
         return self._progress
+
+    @workflow.signal(name="stop")
+    def stop(self) -> None:
+        """End the run after its current batch, its position recorded (a follow run's end)."""
+        self._stop = True
 
     @workflow.run
     async def run(self, input: SyncInput) -> SyncResult:
@@ -100,13 +114,17 @@ class DataSyncWorkflow:
             start: CaptureStart = await self._step(
                 "open_capture", OpenCaptureInput(plan=plan, full=input.full), CaptureStart
             )
-            progress.watermark, progress.until = start.after, start.until
+            progress.watermark = start.after
+            progress.until = None if input.follow else start.until
         elif input.carry is None and not (input.full or input.audit):
             progress.watermark = await self._step(
                 "load_watermark", LoadWatermarkInput(plan=plan), Watermark | None
             )
+        progress.following = input.follow
         batches_this_run = 0
         while True:
+            if self._stop:
+                return await self._stopped(plan, record=not input.audit)
             if batches_this_run >= plan.batches_per_run or (
                 workflow.info().is_continue_as_new_suggested()
             ):
@@ -123,8 +141,18 @@ class DataSyncWorkflow:
                 ),
                 ChangeBatch,
             )
+            if input.follow:
+                progress.lag_seconds = batch.lag_seconds
             if batch.count == 0:
-                break
+                if not input.follow:
+                    break
+                # Caught up: look again after the poll interval, or at once when stopped.
+                progress.phase = SyncPhase.WAITING
+                await workflow.wait_condition(
+                    lambda: self._stop, timeout=timedelta(seconds=plan.follow_poll_seconds)
+                )
+                batches_this_run += 1
+                continue
             await self._sync_batch(plan, batch, audit=input.audit)
             batches_this_run += 1
         progress.phase = SyncPhase.DONE
@@ -136,6 +164,20 @@ class DataSyncWorkflow:
             progress.rows_repaired,
         )
         return SyncResult(dataset=input.dataset, status=SyncStatus.COMPLETED, progress=progress)
+
+    async def _stopped(self, plan: SyncPlan, *, record: bool) -> SyncResult:
+        """End on ``stop``: what the last batch verified is recorded (the log confirmed up to
+        it; not in an audit), so the next run starts right after it."""
+        progress = self._progress
+        if record and progress.watermark is not None:
+            await self._step(
+                "record_position",
+                RecordPositionInput(plan=plan, after=progress.watermark),
+                type(None),
+            )
+        progress.phase = SyncPhase.DONE
+        workflow.logger.info("sync %s: stopped; %d rows synced", plan.dataset, progress.rows_synced)
+        return SyncResult(dataset=plan.dataset, status=SyncStatus.STOPPED, progress=progress)
 
     async def _run_as_the_dataset_run(self, input: SyncInput) -> SyncResult:
         """A scheduled start (its id has the schedule's suffix): run under the dataset's one

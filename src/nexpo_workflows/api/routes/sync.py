@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
-from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, model_validator
 
 from nexpo_workflows.api.deps import ClientDep, StateDep
 from nexpo_workflows.api.routes.cloud import accepted
@@ -17,9 +17,11 @@ from nexpo_workflows.sync.models import DATASET_NAME_PATTERN, SyncInput
 from nexpo_workflows.sync.runs import (
     CaptureReset,
     SyncAlreadyRunningError,
+    SyncNotRunningError,
     SyncRunView,
     reset_capture,
     start_sync,
+    stop_sync,
     sync_status,
 )
 from nexpo_workflows.sync.schedules import (
@@ -46,6 +48,14 @@ class SyncRequest(BaseModel):
 
     full: bool = False
     audit: bool = False
+    # A long-running run that tails the source's changes until stopped (POST .../stop).
+    follow: bool = False
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> SyncRequest:
+        if self.follow and self.audit:
+            raise ValueError("follow and audit exclude each other: an audit ends by itself")
+        return self
 
 
 def _interval(value: object) -> timedelta:
@@ -72,7 +82,7 @@ async def _answer(call: Awaitable[T]) -> T:
     dependencies answers it)."""
     try:
         return await call
-    except (UnknownDatasetError, ScheduleNotFoundError) as error:
+    except (UnknownDatasetError, ScheduleNotFoundError, SyncNotRunningError) as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except (DatasetConfigError, CaptureRefusedError) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, {"message": str(error)}) from None
@@ -103,15 +113,36 @@ async def start_dataset_sync(
     body: Annotated[SyncRequest | None, Body()] = None,
 ) -> Any:
     """Start DataSyncWorkflow for the dataset (`full`: ignore the watermark; `audit`: verify
-    and repair every range, write nothing else)."""
+    and repair every range, write nothing else; `follow`: do not end when caught up, apply
+    the source's changes as they come until `POST /api/sync/{dataset}/stop`). While a run of
+    the dataset goes on, a follow run included, another start is 409 and a scheduled start
+    ends `skipped`."""
     options = body or SyncRequest()
     handle = await _answer(
         start_sync(
             client,
             state.services,
-            SyncInput(dataset=dataset, full=options.full, audit=options.audit),
+            SyncInput(
+                dataset=dataset, full=options.full, audit=options.audit, follow=options.follow
+            ),
         )
     )
+    return accepted(request, handle.id)
+
+
+@router.post(
+    "/{dataset}/stop",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WorkflowAccepted,
+    responses={404: {"description": "No such dataset, or no run of it is going on"}},
+)
+async def stop_dataset_sync(
+    dataset: DatasetPath, request: Request, client: ClientDep, state: StateDep
+) -> Any:
+    """Stop the dataset's run after its current batch (how a follow run ends): the run
+    records what it verified and ends `stopped`; `GET /api/sync/{dataset}` shows its result
+    once it has."""
+    handle = await _answer(stop_sync(client, state.services, dataset))
     return accepted(request, handle.id)
 
 
