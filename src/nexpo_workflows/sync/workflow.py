@@ -18,6 +18,7 @@ current batch: the position is recorded as verified (``record_position``) and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         LoadWatermarkInput,
         OpenCaptureInput,
         PlanSyncInput,
+        PositionKind,
         RecordPositionInput,
         SyncBatchInput,
         SyncInput,
@@ -146,11 +148,7 @@ class DataSyncWorkflow:
             if batch.count == 0:
                 if not input.follow:
                     break
-                # Caught up: look again after the poll interval, or at once when stopped.
-                progress.phase = SyncPhase.WAITING
-                await workflow.wait_condition(
-                    lambda: self._stop, timeout=timedelta(seconds=plan.follow_poll_seconds)
-                )
+                await self._idle(plan, batch)
                 batches_this_run += 1
                 continue
             await self._sync_batch(plan, batch, audit=input.audit)
@@ -164,6 +162,20 @@ class DataSyncWorkflow:
             progress.rows_repaired,
         )
         return SyncResult(dataset=input.dataset, status=SyncStatus.COMPLETED, progress=progress)
+
+    async def _idle(self, plan: SyncPlan, batch: ChangeBatch) -> None:
+        """A follow run caught up: look again after the poll interval, or at once when
+        stopped."""
+        progress = self._progress
+        if batch.after is not None and batch.after.kind is PositionKind.LOG:
+            # The copy of the table is done: the next look starts in the log, where this one
+            # did (already confirmed), not in the copy again.
+            progress.watermark = batch.after
+        progress.phase = SyncPhase.WAITING
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._stop, timeout=timedelta(seconds=plan.follow_poll_seconds)
+            )
 
     async def _stopped(self, plan: SyncPlan, *, record: bool) -> SyncResult:
         """End on ``stop``: what the last batch verified is recorded (the log confirmed up to
