@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import random
+import signal
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -285,10 +286,22 @@ async def test_a_start_while_following_is_refused_and_scheduled_starts_are_skipp
             build_worker(client, services),
             gateway_on(client, follow_settings) as http,
         ):
-            started = await run_cli([*cli, "sync", "run", DATASET, "--follow", "--no-wait"], env)
-            assert started.returncode == 0, started.stderr
-            assert f"started workflow {sync_workflow_id(DATASET)}" in started.stdout
+            # The command shows the progress, with the lag, until interrupted: the run goes on.
+            shown = await asyncio.create_subprocess_exec(
+                *cli, "sync", "run", DATASET, "--follow", env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert shown.stdout is not None
+            caught = b"waiting: 10 rows seen, 10 synced"
+            while caught not in (line := await shown.stdout.readline()):
+                assert line, "the command ended"
+            assert b", lag 0.0 s" in line
+            shown.send_signal(signal.SIGINT)
+            _, stderr = await asyncio.wait_for(shown.communicate(), 30)
+            assert shown.returncode == 130
+            assert f"`nexpo-workflows sync stop {DATASET}` ends it" in stderr.decode()
             await caught_up(follow_settings, source)
+            assert await still_running(client)
 
             again = await run_cli([*cli, "sync", "run", DATASET], env)
             assert again.returncode == 1

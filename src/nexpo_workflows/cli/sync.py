@@ -206,6 +206,11 @@ def sync_run(
 
     try:
         outcome = _sync_call(dataset, "run", run)
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+        # Interrupting the display leaves the run following on the workers.
+        fail(f"the run goes on following; `nexpo-workflows sync stop {dataset}` ends it", 130)
     except SyncFailedError as failed:
         if failed.report is not None:
             _print_sync_result(failed.report)
