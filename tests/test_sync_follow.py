@@ -20,8 +20,14 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.services import Services
-from nexpo_workflows.sync.datasets import QUARANTINE_PREFIX
-from nexpo_workflows.sync.models import PositionKind, SyncInput, SyncResult, SyncStatus
+from nexpo_workflows.sync.datasets import QUARANTINE_PREFIX, WATERMARKS_DATASET
+from nexpo_workflows.sync.models import (
+    DatasetConfig,
+    PositionKind,
+    SyncInput,
+    SyncResult,
+    SyncStatus,
+)
 from nexpo_workflows.sync.runs import start_sync, stop_sync
 from nexpo_workflows.sync.schedules import SyncSchedules, parse_interval, sync_schedule_id
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
@@ -360,3 +366,30 @@ async def test_a_start_while_following_is_refused_and_scheduled_starts_are_skipp
     finally:
         await services.close()
         await stop_leftovers(client, follow_settings)
+
+
+async def test_a_polled_dataset_is_followed_too(
+    client: Client, follow_settings: Settings, source: Source
+) -> None:
+    """A dataset read by polling its version column: the follow run polls with the same idle
+    wait, and what it finds (inserts, updates, soft deletes) is verified in the target."""
+    polled = {**ITEMS_DATASET, "source": {**ITEMS_DATASET["source"], "capture": "poll"}}
+    settings = follow_settings.model_copy(
+        update={"sync_datasets": [DatasetConfig.model_validate(polled)]}
+    )
+    ids = await source.insert(15)
+    async with following(client, settings) as (services, handle):
+        await caught_up(settings, source)
+        await source.insert(4, prefix="later")
+        await source.update(ids[0], name="renamed while following")
+        await source.update(ids[1], deleted=True)
+        await caught_up(settings, source)
+        await eventually(lambda: progress_of(handle, lambda p: p.rows_synced == 15 + 4 + 2))
+        outcome = await (await stop_sync(client, services, DATASET)).result()
+        # The stop recorded the last verified watermark: the next run starts after it.
+        stored = await services.providers["postgres"].get_records(WATERMARKS_DATASET, [DATASET])
+    assert outcome.status is SyncStatus.STOPPED
+    watermark = outcome.progress.watermark
+    assert watermark is not None
+    assert watermark.kind is PositionKind.VERSIONS
+    assert (stored[0].version, stored[0].data["id"]) == (watermark.version, watermark.id)
