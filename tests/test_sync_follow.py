@@ -41,9 +41,11 @@ from tests.sync_source import (
     eventually,
     progress_of,
     sync_env,
+    sync_worker_env,
 )
 from tests.test_sync_api import gateway_on, stop_leftovers
 from tests.test_sync_capture import slot
+from tests.test_worker_processes import worker_process
 
 # Seconds a caught-up follow run waits before it looks again, in these tests.
 POLL = 0.2
@@ -393,3 +395,69 @@ async def test_a_polled_dataset_is_followed_too(
     assert watermark is not None
     assert watermark.kind is PositionKind.VERSIONS
     assert (stored[0].version, stored[0].data["id"]) == (watermark.version, watermark.id)
+
+
+async def test_a_worker_killed_while_following_is_replaced_and_nothing_is_lost(
+    cli: list[str],
+    cli_env: dict[str, str],
+    client: Client,
+    follow_settings: Settings,
+    source: Source,
+) -> None:
+    """The follow run's worker process is killed (SIGKILL) while rows stream in; another one
+    takes the run over: the run goes on, and the target ends equal to the source, each row
+    once."""
+    env = {
+        **sync_worker_env(cli_env, follow_settings, batch_size=40),
+        "SYNC_FOLLOW_POLL_SECONDS": str(POLL),
+        "SYNC_STEP_DEADLINE_SECONDS": "60",
+    }
+    await source.insert(20)
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        connection = await asyncpg.connect(source.url)
+        serial = 0
+        try:
+            while not stop.is_set():
+                await connection.executemany(
+                    "INSERT INTO items (id, name, price, updated_at) VALUES ($1, 'new', 2, $2)",
+                    [(f"stream-{serial}-{n}", source.tick()) for n in range(5)],
+                )
+                serial += 1
+                await asyncio.sleep(0.02)
+        finally:
+            await connection.close()
+
+    handle = client.get_workflow_handle_for(DataSyncWorkflow.run, sync_workflow_id(DATASET))
+    try:
+        async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="doomed") as doomed:
+            await client.start_workflow(
+                DataSyncWorkflow.run,
+                SyncInput(dataset=DATASET, follow=True),
+                id=sync_workflow_id(DATASET),
+                task_queue=follow_settings.temporal_task_queue,
+            )
+            streaming = asyncio.ensure_future(writer())
+            await eventually(lambda: progress_of(handle, lambda p: p.rows_synced > 100), 60)
+            doomed.send_signal(signal.SIGKILL)
+            await doomed.wait()
+        async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="rescuer"):
+            await asyncio.sleep(1)
+            stop.set()
+            await streaming
+            await caught_up(follow_settings, source)
+            assert await still_running(client)
+            await handle.signal(DataSyncWorkflow.stop)
+            outcome = await asyncio.wait_for(handle.result(), 60)
+    finally:
+        stop.set()
+        await stop_leftovers(client, follow_settings)
+    assert outcome.status is SyncStatus.STOPPED
+    await assert_targets_equal_source(follow_settings, source)
+    with sqlite3.connect(follow_settings.sqlite_file) as db:
+        count, distinct = db.execute(
+            "SELECT count(*), count(DISTINCT id) FROM nexpo_records WHERE dataset = ?",
+            (DATASET,),
+        ).fetchone()
+    assert count == distinct == len(await source.contents())
