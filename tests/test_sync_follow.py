@@ -16,7 +16,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
+from temporalio.service import RPCError
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.services import Services
@@ -79,17 +85,29 @@ async def following(
         await services.close()
 
 
-async def caught_up(settings: Settings, source: Source) -> None:
-    """Wait until every target holds exactly what the source holds."""
-
-    async def equal() -> bool | None:
+async def caught_up(
+    client: Client, settings: Settings, source: Source, seconds: float = CATCH_UP_SECONDS
+) -> None:
+    """Wait until every target holds exactly what the source holds; past ``seconds``, fail
+    saying how the run is doing and what differs."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
         try:
             await assert_targets_equal_source(settings, source)
-        except AssertionError:
-            return None
-        return True
-
-    await eventually(equal, CATCH_UP_SECONDS)
+        except AssertionError as error:
+            if asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+                continue
+            handle = client.get_workflow_handle(sync_workflow_id(DATASET))
+            described = await handle.describe()
+            try:
+                progress: Any = await handle.query(DataSyncWorkflow.progress)
+            except (WorkflowQueryFailedError, RPCError) as failed:
+                progress = failed
+            raise AssertionError(
+                f"not caught up within {seconds} s: run {described.status}, {progress}"
+            ) from error
+        return
 
 
 async def still_running(client: Client) -> bool:
@@ -104,7 +122,7 @@ async def test_changes_made_while_following_reach_the_target_verified_without_a_
     ids = await source.insert(30)
     async with following(client, follow_settings) as (services, handle):
         first_run = (await handle.describe()).run_id
-        await caught_up(follow_settings, source)
+        await caught_up(client, follow_settings, source)
         # Written, then verified: the progress counts a batch once it is verified.
         await eventually(lambda: progress_of(handle, lambda p: p.rows_synced == 30))
         assert (await handle.query(DataSyncWorkflow.progress)).following
@@ -124,7 +142,7 @@ async def test_changes_made_while_following_reach_the_target_verified_without_a_
         assert [record.id for record in await postgres.get_records(quarantine, bad)] == bad
         # Erased from the source, the invalid row leaves the quarantine.
         await source.delete(*bad)
-        await caught_up(follow_settings, source)
+        await caught_up(client, follow_settings, source)
         await eventually(lambda: progress_of(handle, lambda p: p.rows_deleted == 3))
         assert await postgres.get_records(quarantine, bad) == []
         assert await still_running(client)
@@ -203,7 +221,8 @@ async def test_a_steady_writer_across_continue_as_new_loses_nothing_on_every_tar
         stop.set()
         written = sum(await asyncio.gather(*writers))
         assert written > 50
-        await caught_up(settings, source)
+        # Four targets, one of them the Cosmos DB emulator, on two shared cores.
+        await caught_up(client, settings, source, 2 * CATCH_UP_SECONDS)
         assert await still_running(client)
         assert (await handle.describe()).run_id != first_run
         outcome = await (await stop_sync(client, services, DATASET)).result()
@@ -308,7 +327,7 @@ async def test_a_start_while_following_is_refused_and_scheduled_starts_are_skipp
             _, stderr = await asyncio.wait_for(shown.communicate(), 30)
             assert shown.returncode == 130
             assert f"`nexpo-workflows sync stop {DATASET}` ends it" in stderr.decode()
-            await caught_up(follow_settings, source)
+            await caught_up(client, follow_settings, source)
             assert await still_running(client)
 
             again = await run_cli([*cli, "sync", "run", DATASET], env)
@@ -356,7 +375,7 @@ async def test_a_start_while_following_is_refused_and_scheduled_starts_are_skipp
             accepted = await http.post(f"/api/sync/{DATASET}", json={"follow": True})
             assert accepted.status_code == 202, accepted.text
             await source.insert(3, prefix="api")
-            await caught_up(follow_settings, source)
+            await caught_up(client, follow_settings, source)
             stopping = await http.post(f"/api/sync/{DATASET}/stop")
             assert stopping.status_code == 202, stopping.text
             assert stopping.json()["workflowId"] == sync_workflow_id(DATASET)
@@ -381,11 +400,11 @@ async def test_a_polled_dataset_is_followed_too(
     )
     ids = await source.insert(15)
     async with following(client, settings) as (services, handle):
-        await caught_up(settings, source)
+        await caught_up(client, settings, source)
         await source.insert(4, prefix="later")
         await source.update(ids[0], name="renamed while following")
         await source.update(ids[1], deleted=True)
-        await caught_up(settings, source)
+        await caught_up(client, settings, source)
         await eventually(lambda: progress_of(handle, lambda p: p.rows_synced == 15 + 4 + 2))
         outcome = await (await stop_sync(client, services, DATASET)).result()
         # The stop recorded the last verified watermark: the next run starts after it.
@@ -446,7 +465,7 @@ async def test_a_worker_killed_while_following_is_replaced_and_nothing_is_lost(
             await asyncio.sleep(1)
             stop.set()
             await streaming
-            await caught_up(follow_settings, source)
+            await caught_up(client, follow_settings, source)
             assert await still_running(client)
             await handle.signal(DataSyncWorkflow.stop)
             outcome = await asyncio.wait_for(handle.result(), 60)
