@@ -46,6 +46,7 @@ from tests.servers.mongodb import running_mongodb
 from tests.servers.postgres import fresh_database
 from tests.servers.supabase import running_supabase
 
+from nexpo_workflows import eventloop
 from nexpo_workflows.api.app import create_app, embedded_server
 from nexpo_workflows.api.auth import hash_api_key, new_api_key
 from nexpo_workflows.api.deps import GatewayState
@@ -229,7 +230,7 @@ async def background_load(client: Client, task_queue: str, sagas: int) -> AsyncI
         await asyncio.gather(*runners)
 
 
-async def main(requests: int, load: int, poll_interval: float) -> None:
+async def main(requests: int, load: int, poll_interval: float, provider_counts: list[int]) -> None:
     api_key = new_api_key()
     async with AsyncExitStack() as stack:
         data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nexpo-bench-")))
@@ -263,7 +264,7 @@ async def main(requests: int, load: int, poll_interval: float) -> None:
             f"{'loadavg':>7}",
             flush=True,
         )
-        for providers in (1, 5):
+        for providers in provider_counts:
             settings = Settings(
                 _env_file=None,
                 **common,
@@ -274,7 +275,7 @@ async def main(requests: int, load: int, poll_interval: float) -> None:
             )
             async with running_stack(client, settings, api_key, providers) as gateway:
                 probes = variants(client, gateway, poll_interval)
-                for condition in ("idle", f"load {load}"):
+                for condition in ("idle", f"load {load}") if load else ("idle",):
                     async with AsyncExitStack() as loaded:
                         if condition != "idle":
                             await loaded.enter_async_context(
@@ -292,7 +293,24 @@ async def main(requests: int, load: int, poll_interval: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--load", type=int, default=20, help="sagas kept running at once")
+    parser.add_argument(
+        "--load", type=int, default=20, help="sagas kept running at once; 0: idle only"
+    )
     parser.add_argument("--poll-interval", type=float, default=0.05, help="seconds")
+    parser.add_argument(
+        "--providers",
+        type=int,
+        action="append",
+        choices=(1, 5),
+        help="Measure only these numbers of providers (repeatable); 1 and 5 by default.",
+    )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.requests, arguments.load, arguments.poll_interval))
+    # The loop `nexpo-workflows dev` runs on.
+    eventloop.run(
+        main(
+            arguments.requests,
+            arguments.load,
+            arguments.poll_interval,
+            arguments.providers or [1, 5],
+        )
+    )

@@ -283,7 +283,12 @@ class UserService:
         async def start(onboarding: OnboardingStart) -> WorkflowHandle[Any, SagaResult]:
             assert self.client is not None
             return await self.client.start_workflow(
-                UserOnboardingWorkflow.run, onboarding.input, **onboarding.options()
+                UserOnboardingWorkflow.run,
+                onboarding.input,
+                **onboarding.options(),
+                # When a worker of this client polls the queue (the dev stack), the server
+                # hands it the first task in its answer; otherwise this asks for nothing.
+                request_eager_start=True,
             )
 
         async def join(handle: WorkflowHandle[Any, SagaResult]) -> WorkflowHandle[Any, SagaResult]:
