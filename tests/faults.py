@@ -54,6 +54,8 @@ class FaultyProvider(DatabaseProvider):
         self.lost_upserts = lost_upserts
         self.upsert_down = False
         self.upsert_calls = 0
+        # The ids each records write was asked for, in order.
+        self.upserted_ids: list[str] = []
         self.create_calls = 0
         self.delete_calls = 0
         self.create_started = asyncio.Event()
@@ -101,6 +103,7 @@ class FaultyProvider(DatabaseProvider):
 
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
         self.upsert_calls += 1
+        self.upserted_ids.extend(record.id for record in records)
         if self.upsert_down:
             raise InjectedFailure(f"{self.name}: injected outage of the records store")
         if self.upsert_calls <= self.lost_upserts:

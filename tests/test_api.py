@@ -70,7 +70,7 @@ async def test_readyz_checks_directly_when_temporal_is_disabled(
     assert ready.status_code == 200
     assert [d["name"] for d in ready.json()["dependencies"]] == ["sqlite", "local"]
     assert workflow.status_code == 503
-    assert "ENABLE_TEMPORAL is false" in workflow.json()["detail"]
+    assert "needs ENABLE_TEMPORAL=true" in workflow.json()["detail"]
 
 
 @pytest.mark.usefixtures("worker")

@@ -56,7 +56,7 @@ def test_the_worker_refuses_to_start_with_temporal_disabled(
         [*cli, "worker"], env=cli_env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "ENABLE_TEMPORAL is false" in result.stderr
+    assert "needs ENABLE_TEMPORAL=true" in result.stderr
 
 
 async def test_mutual_tls_to_a_self_hosted_cluster(

@@ -58,6 +58,9 @@ def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pa
         # Cheaper than OWASP's table allows for two passes (19 MiB).
         ("PASSWORD_HASH_MEMORY_KIB", "12288", "PASSWORD_HASH_MEMORY_KIB must be at least 19456"),
         ("PASSWORD_HASH_QUEUE_LIMIT", "-1", "PASSWORD_HASH_QUEUE_LIMIT: Input should be greater"),
+        # A URL may hold a password: named, never echoed.
+        ("POSTGRES_URL", "s3cret@db:5432", "POSTGRES_URL: Value error, not a database URL"),
+        ("MONGODB_URL", "localhost", "MONGODB_URL: Value error, not a database URL"),
     ],
 )
 def test_a_wrong_value_names_the_variable(
@@ -67,6 +70,8 @@ def test_a_wrong_value_names_the_variable(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert expected in str(caught.value)
+    if variable in ("POSTGRES_URL", "MONGODB_URL"):
+        assert value not in str(caught.value)
 
 
 def test_cli_reports_a_wrong_value_in_one_message_without_traceback(cli: list[str]) -> None:

@@ -330,6 +330,17 @@ class Settings(BaseSettings):
     def _valid_server_url(cls, value: str) -> str:
         return _check_host_port(value, "TEMPORAL_SERVER_URL")
 
+    @field_validator(
+        "postgres_url", "postgres_standby_url", "mongodb_url", "supabase_db_url", "sqlserver_url"
+    )
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here, not when a provider first connects: a command would end in a traceback.
+        url = value.get_secret_value() if value is not None else ""
+        if url and "://" not in url:
+            raise ValueError("not a database URL (expected scheme://user@host:port/database)")
+        return value
+
     @field_validator("metrics_bind_address", "api_metrics_bind_address")
     @classmethod
     def _valid_bind_address(cls, value: str) -> str:

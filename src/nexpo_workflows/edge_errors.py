@@ -3,8 +3,10 @@
 One classification serves both: a dependency that is down, or password hashing with its queue
 full, is "unavailable" (HTTP 503 with a Retry-After, CLI exit 1), input a dependency refused
 is "refused" (HTTP 422, CLI exit 2), and a Temporal answer about something that does not
-exist or already does is "not_found" (404, exit 1) or "conflict" (409, exit 1). Anything else
-is a bug and stays one.
+exist or already does is "not_found" (404, exit 1) or "conflict" (409, exit 1). A workflow
+that failed (run in this process, where the edge awaits it) is "unavailable" when a step gave
+up retrying, "conflict" when it needs Temporal, "refused" otherwise. Anything else is a bug
+and stays one.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import WorkflowFailureError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.service import RPCError, RPCStatusCode
 
 from nexpo_workflows.client import TemporalUnavailableError
 from nexpo_workflows.errors import first_line
+from nexpo_workflows.execution import NEEDS_TEMPORAL
 from nexpo_workflows.health.run import HealthCheckUnavailableError
 from nexpo_workflows.providers import InvalidRecordError, ProviderUnavailableError
 from nexpo_workflows.storage import StoreUnavailableError
@@ -34,6 +38,7 @@ EDGE_ERRORS: tuple[type[Exception], ...] = (
     InvalidRecordError,
     StoreUnavailableError,
     PasswordHashingBusyError,
+    WorkflowFailureError,
 )
 
 # Seconds a client should wait before trying again when a dependency is down (Retry-After).
@@ -44,6 +49,7 @@ WORKER = "worker"
 DATABASE = "database"
 OBJECT_STORE = "object store"
 PASSWORD_HASHING = "password hashing"
+WORKFLOW = "workflow"
 
 # What a query or an update gets when no worker answers within its rpc_timeout.
 _TIMEOUTS = {RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED}
@@ -92,4 +98,21 @@ def classify(error: Exception) -> EdgeFailure:
         return EdgeFailure("unavailable", OBJECT_STORE, reason)
     if isinstance(error, PasswordHashingBusyError):
         return EdgeFailure("unavailable", PASSWORD_HASHING, reason)
+    if isinstance(error, WorkflowFailureError):
+        return _workflow_failure(error)
     raise TypeError(f"{type(error).__name__} is not an edge error") from error
+
+
+def _workflow_failure(error: WorkflowFailureError) -> EdgeFailure:
+    cause = error.cause or error
+    if isinstance(cause, ApplicationError) and cause.type == NEEDS_TEMPORAL:
+        return EdgeFailure("conflict", TEMPORAL, first_line(cause))
+    link: BaseException | None = cause
+    while link is not None and not isinstance(link, ActivityError):
+        link = link.__cause__
+    if isinstance(link, ActivityError) and link.retry_state != RetryState.NON_RETRYABLE_FAILURE:
+        return EdgeFailure("unavailable", f"step {link.activity_type}", first_line(cause))
+    # A run that a dependency stopped part-way carries its account (what was undone) along.
+    if isinstance(cause, ApplicationError) and cause.details:
+        return EdgeFailure("unavailable", WORKFLOW, first_line(cause))
+    return EdgeFailure("refused", WORKFLOW, first_line(cause))

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -17,6 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from nexpo_workflows import registry
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
+from nexpo_workflows.execution import activity_name
 from nexpo_workflows.services import Services
 from nexpo_workflows.telemetry import CompletionMetricsInterceptor, create_runtime
 from nexpo_workflows.tracing import configure_tracing
@@ -46,10 +46,7 @@ def build_worker(
     injection, or an application's own implementation of a step).
     """
     settings = services.settings
-    by_name = {
-        activity._Definition.must_from_callable(fn).name: fn
-        for fn in (*registry.activities(services), *extra_activities)
-    }
+    by_name = {activity_name(fn): fn for fn in (*registry.activities(services), *extra_activities)}
     return Worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,

@@ -32,6 +32,11 @@ export type FailoverStatus = GatewaySchemas["FailoverStatus"];
 export type FailoverState = GatewaySchemas["FailoverState"];
 export type SetActiveSideInput = GatewaySchemas["SetActiveSideInput"];
 export type HoldInput = GatewaySchemas["HoldInput"];
+export type ContentResult = GatewaySchemas["ContentResult"];
+export type DecisionResult = GatewaySchemas["DecisionResult"];
+export type SyncResult = GatewaySchemas["SyncResult"];
+export type ReplicateResult = GatewaySchemas["ReplicateResult"];
+export type ProvisioningResult = GatewaySchemas["ProvisioningResult"];
 
 export interface GatewayOptions {
   /** Where the gateway listens, e.g. `http://127.0.0.1:8000`. */
@@ -165,7 +170,9 @@ export function createGatewayClient(options: GatewayOptions) {
     // --- Content: the AI content pipeline -------------------------------------------------
 
     /** Start the pipeline: draft, review, publish everywhere or nowhere, notify. */
-    async startContentPipeline(request: ContentRequest): Promise<WorkflowAccepted> {
+    async startContentPipeline(
+      request: ContentRequest,
+    ): Promise<WorkflowAccepted | ContentResult> {
       return ok(http.POST("/api/content", { body: request }));
     },
 
@@ -189,7 +196,7 @@ export function createGatewayClient(options: GatewayOptions) {
     // --- Decisions: the AI decision workflow ----------------------------------------------
 
     /** Start a decision (ConflictError when the request id already has one). */
-    async startDecision(request: DecisionRequest): Promise<WorkflowAccepted> {
+    async startDecision(request: DecisionRequest): Promise<WorkflowAccepted | DecisionResult> {
       return ok(http.POST("/api/decisions", { body: request }));
     },
 
@@ -212,7 +219,10 @@ export function createGatewayClient(options: GatewayOptions) {
     // --- Sync: cross-database synchronization of a dataset --------------------------------
 
     /** Start a sync of the dataset (`full`: ignore the watermark; `audit`: verify only). */
-    async startSync(dataset: string, request: SyncRequest = {}): Promise<WorkflowAccepted> {
+    async startSync(
+      dataset: string,
+      request: SyncRequest = {},
+    ): Promise<WorkflowAccepted | SyncResult> {
       return ok(
         http.POST("/api/sync/{dataset}", { params: { path: { dataset } }, body: request }),
       );
@@ -269,12 +279,12 @@ export function createGatewayClient(options: GatewayOptions) {
     // --- Cloud: replication, tenant resources, failover -----------------------------------
 
     /** Copy an object from one store to the others (or to `targets`), verified. */
-    async replicateObject(request: ReplicateInput): Promise<WorkflowAccepted> {
+    async replicateObject(request: ReplicateInput): Promise<WorkflowAccepted | ReplicateResult> {
       return ok(http.POST("/api/cloud/replicate", { body: request }));
     },
 
     /** Provision a tenant's resources in every enabled store and SQL database. */
-    async provisionTenant(tenantId: string): Promise<WorkflowAccepted> {
+    async provisionTenant(tenantId: string): Promise<WorkflowAccepted | ProvisioningResult> {
       return ok(
         http.PUT("/api/cloud/tenants/{tenant_id}", {
           params: { path: { tenant_id: tenantId } },
@@ -283,7 +293,7 @@ export function createGatewayClient(options: GatewayOptions) {
     },
 
     /** Remove everything provisioned for the tenant (safe to repeat). */
-    async deprovisionTenant(tenantId: string): Promise<WorkflowAccepted> {
+    async deprovisionTenant(tenantId: string): Promise<WorkflowAccepted | ProvisioningResult> {
       return ok(
         http.DELETE("/api/cloud/tenants/{tenant_id}", {
           params: { path: { tenant_id: tenantId } },

@@ -3,21 +3,26 @@ mapping of errors to messages and exit codes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
+from nexpo_workflows import eventloop
 from nexpo_workflows.config import ConfigError, Settings, load_settings
 from nexpo_workflows.dev_record import next_to_dev_stack, record_path
 from nexpo_workflows.devserver import DevServerError
 from nexpo_workflows.edge_errors import EDGE_ERRORS, classify
+from nexpo_workflows.execution import InProcessRuns
 from nexpo_workflows.ports import PortInUseError
+from nexpo_workflows.services import Services
 from nexpo_workflows.telemetry import configure_logging
 from nexpo_workflows.users.idempotency import (
     IdempotencyKeyConflictError,
@@ -81,7 +86,7 @@ def command_settings() -> Settings:
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
-        return asyncio.run(coroutine)
+        return eventloop.run(coroutine)
     except _USER_ERRORS as error:
         fail(str(error), 1)
     except EDGE_ERRORS as error:
@@ -101,7 +106,41 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
 
 def require_temporal(settings: Settings, command: str) -> None:
     if not settings.enable_temporal:
-        fail(f"ENABLE_TEMPORAL is false: `{command}` needs a Temporal server", 2)
+        fail(f"`{command}` needs ENABLE_TEMPORAL=true (a Temporal server); it is false", 2)
+
+
+def refuse_no_wait_in_process(settings: Settings, wait: bool, command: str) -> None:
+    if not (wait or settings.enable_temporal):
+        fail(
+            f"`{command} --no-wait` needs ENABLE_TEMPORAL=true: without Temporal the run "
+            "happens in this command, which waits for it",
+            2,
+        )
+
+
+@asynccontextmanager
+async def in_process(settings: Settings) -> AsyncIterator[tuple[InProcessRuns, Services]]:
+    """ENABLE_TEMPORAL=false: the workflows run in this command, with the activities a worker
+    of this configuration would have."""
+    from nexpo_workflows import registry  # every workflow: only the commands that run one
+
+    services = Services.from_settings(settings)
+    try:
+        yield InProcessRuns(registry.activities(services)), services
+    finally:
+        await services.close()
+
+
+async def result_or_details(result: Awaitable[M], result_type: type[M]) -> M:
+    """The workflow's result, or the one a failed workflow carries in its failure's details;
+    any other failure ends the command with its message."""
+    try:
+        return await result
+    except WorkflowFailureError as error:
+        cause = error.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            return result_type.model_validate(cause.details[0])
+        raise
 
 
 def print_saga_result(result: SagaResult) -> None:

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.table import Table
 from temporalio.client import (
-    WorkflowFailureError,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from nexpo_workflows.cli._common import (
     app,
     command_settings,
     fail,
+    in_process,
     input_errors,
     out,
     require_temporal,
+    result_or_details,
     run_async,
 )
 from nexpo_workflows.client import connect
@@ -43,22 +44,26 @@ def cloud_replicate(
     from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 
     settings = command_settings()
-    require_temporal(settings, "cloud replicate")
+    input = ReplicateInput(key=key, source=source, targets=target or None)
+    workflow_id = f"replicate-{uuid.uuid4()}"
 
     async def replicate() -> ReplicateResult:
+        if not settings.enable_temporal:
+            async with in_process(settings) as (runs, _):
+                return await result_or_details(
+                    runs.execute(ReplicateObjectWorkflow.run, input, id=workflow_id),
+                    ReplicateResult,
+                )
         client = await connect(settings, runtime=create_runtime(""))
-        try:
-            return await client.execute_workflow(
+        return await result_or_details(
+            client.execute_workflow(
                 ReplicateObjectWorkflow.run,
-                ReplicateInput(key=key, source=source, targets=target or None),
-                id=f"replicate-{uuid.uuid4()}",
+                input,
+                id=workflow_id,
                 task_queue=settings.temporal_task_queue,
-            )
-        except WorkflowFailureError as error:
-            cause = error.cause
-            if isinstance(cause, ApplicationError) and cause.details:
-                return ReplicateResult.model_validate(cause.details[0])
-            fail(str(cause or error), 1)
+            ),
+            ReplicateResult,
+        )
 
     result = run_async(replicate())
     table = Table()
@@ -84,31 +89,28 @@ def _tenant_command(tenant_id: str, deprovision: bool) -> None:
     )
 
     settings = command_settings()
-    require_temporal(settings, "cloud provision/deprovision")
+
+    async def execute(run: Any, arg: Any) -> ProvisioningResult:
+        workflow_id = tenant_workflow_id(tenant_id)
+        if not settings.enable_temporal:
+            async with in_process(settings) as (runs, _):
+                return await result_or_details(
+                    runs.execute(run, arg, id=workflow_id), ProvisioningResult
+                )
+        client = await connect(settings, runtime=create_runtime(""))
+        return await result_or_details(
+            client.execute_workflow(
+                run, arg, id=workflow_id, task_queue=settings.temporal_task_queue
+            ),
+            ProvisioningResult,
+        )
 
     async def run() -> ProvisioningResult:
-        client = await connect(settings, runtime=create_runtime(""))
-        workflow_id = tenant_workflow_id(tenant_id)
-        queue = settings.temporal_task_queue
-        try:
-            if deprovision:
-                return await client.execute_workflow(
-                    DeprovisionResourcesWorkflow.run,
-                    DeprovisionInput(tenant_id=tenant_id),
-                    id=workflow_id,
-                    task_queue=queue,
-                )
-            return await client.execute_workflow(
-                ProvisionResourcesWorkflow.run,
-                ProvisionInput(tenant_id=tenant_id),
-                id=workflow_id,
-                task_queue=queue,
+        if deprovision:
+            return await execute(
+                DeprovisionResourcesWorkflow.run, DeprovisionInput(tenant_id=tenant_id)
             )
-        except WorkflowFailureError as error:
-            cause = error.cause
-            if isinstance(cause, ApplicationError) and cause.details:
-                return ProvisioningResult.model_validate(cause.details[0])
-            fail(str(cause or error), 1)
+        return await execute(ProvisionResourcesWorkflow.run, ProvisionInput(tenant_id=tenant_id))
 
     try:
         result = run_async(run())

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 from pydantic import ValidationError
 from temporalio.client import (
-    WorkflowFailureError,
-    WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from nexpo_workflows.cli._common import (
-    M,
     app,
     command_settings,
     err,
     fail,
+    in_process,
     input_errors,
     out,
+    refuse_no_wait_in_process,
     require_temporal,
+    result_or_details,
     run_async,
 )
 from nexpo_workflows.client import connect
@@ -34,19 +31,6 @@ content_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(content_app, name="content")
-
-
-async def _result_or_details(handle: WorkflowHandle[Any, Any], result_type: type[M]) -> M:
-    """The workflow's result, or the one a failed workflow carries in its failure's details;
-    any other failure ends the command with its message."""
-    try:
-        result: M = await handle.result()
-    except WorkflowFailureError as error:
-        cause = error.cause
-        if isinstance(cause, ApplicationError) and cause.details:
-            return result_type.model_validate(cause.details[0])
-        fail(str(cause or error), 1)
-    return result
 
 
 @content_app.command("create")
@@ -69,7 +53,7 @@ def content_create(
     from nexpo_workflows.content.workflow import AIContentPipelineWorkflow
 
     settings = command_settings()
-    require_temporal(settings, "content create")
+    refuse_no_wait_in_process(settings, wait, "content create")
     try:
         request = ContentRequest.model_validate(
             {
@@ -86,6 +70,12 @@ def content_create(
         fail(f"invalid input: {input_errors(error)}", 2)
 
     async def create() -> ContentResult | str:
+        if not settings.enable_temporal:
+            async with in_process(settings) as (runs, _):
+                return await result_or_details(
+                    runs.execute(AIContentPipelineWorkflow.run, request, id=new_content_id()),
+                    ContentResult,
+                )
         client = await connect(settings, runtime=create_runtime(""))
         handle = await client.start_workflow(
             AIContentPipelineWorkflow.run,
@@ -97,7 +87,7 @@ def content_create(
             return handle.id
         # On stderr, so a reviewer can be told the id while this waits.
         err.print(f"started {handle.id}", highlight=False)
-        return await _result_or_details(handle, ContentResult)
+        return await result_or_details(handle.result(), ContentResult)
 
     outcome = run_async(create())
     if isinstance(outcome, str):

@@ -16,19 +16,28 @@ from nexpo_workflows.cli._common import (
     app,
     command_settings,
     fail,
+    in_process,
     input_errors,
     out,
+    refuse_no_wait_in_process,
     require_temporal,
     run_async,
 )
 from nexpo_workflows.client import connect
-from nexpo_workflows.decisions.models import ApprovalInput, DecisionRequest, DecisionStatus
+from nexpo_workflows.decisions.models import (
+    ApprovalInput,
+    DecisionRequest,
+    DecisionResult,
+    DecisionStatus,
+)
 from nexpo_workflows.decisions.service import (
     ApprovalRefusedError,
     DecisionExistsError,
     DecisionNotFoundError,
     DecisionService,
+    decision_workflow_id,
 )
+from nexpo_workflows.decisions.workflow import AIDecisionWorkflow
 from nexpo_workflows.telemetry import create_runtime
 
 decisions_app = typer.Typer(
@@ -85,6 +94,19 @@ def decisions_create(
         )
     except ValidationError as error:
         fail(f"invalid input: {input_errors(error)}", 2)
+
+    settings = command_settings()
+    if not settings.enable_temporal:
+        refuse_no_wait_in_process(settings, wait, "decisions create")
+
+        async def decide() -> DecisionResult:
+            async with in_process(settings) as (runs, _):
+                return await runs.execute(
+                    AIDecisionWorkflow.run, request, id=decision_workflow_id(request.request_id)
+                )
+
+        out.print_json(run_async(decide()).model_dump_json())
+        return
 
     async def create(decisions: DecisionService) -> DecisionStatus | str:
         handle = await decisions.start(request)

@@ -21,11 +21,14 @@ from nexpo_workflows.cli._common import (
     command_settings,
     err,
     fail,
+    in_process,
     out,
+    refuse_no_wait_in_process,
     require_temporal,
     run_async,
 )
 from nexpo_workflows.client import connect
+from nexpo_workflows.execution import InProcessRuns
 from nexpo_workflows.providers import (
     enabled_provider_names,
     enabled_providers,
@@ -42,6 +45,7 @@ from nexpo_workflows.sync.runs import (
     SyncRunView,
     current_progress,
     reset_capture,
+    run_sync_in_process,
     start_sync,
     stop_sync,
     sync_outcome,
@@ -70,13 +74,16 @@ def _sync_call(
     call: Callable[[Client, Services], Awaitable[T]],
     *,
     configured: bool = True,
+    in_process_call: Callable[[InProcessRuns, Services], Awaitable[T]] | None = None,
 ) -> T:
     """Run ``call`` connected to Temporal, with the enabled providers (the source's change
-    log); an unknown dataset, or a refusal of its configuration or of its source's capture,
-    exits 2 (``configured=False``: not checked first, so a schedule can be removed after its
-    dataset left the configuration)."""
+    log), or ``in_process_call`` when ENABLE_TEMPORAL is false; an unknown dataset, or a
+    refusal of its configuration or of its source's capture, exits 2 (``configured=False``:
+    not checked first, so a schedule can be removed after its dataset left the
+    configuration)."""
     settings = command_settings()
-    require_temporal(settings, f"sync {command}")
+    if in_process_call is None:
+        require_temporal(settings, f"sync {command}")
     if configured:
         try:
             plan_dataset(settings, enabled_provider_names(settings), dataset)
@@ -84,6 +91,10 @@ def _sync_call(
             fail(str(error), 2)
 
     async def connected() -> T:
+        if not settings.enable_temporal:
+            assert in_process_call is not None
+            async with in_process(settings) as (runs, services):
+                return await in_process_call(runs, services)
         client = await connect(settings, runtime=create_runtime(""))
         services = Services(settings=settings, client=client, providers=enabled_providers(settings))
         try:
@@ -139,7 +150,7 @@ def _progress_display(dataset: str) -> Iterator[Callable[[SyncProgress], None]]:
 async def _follow(
     client: Client, handle: WorkflowHandle[Any, SyncResult], dataset: str
 ) -> SyncResult:
-    outcome = asyncio.ensure_future(sync_outcome(handle))
+    outcome = asyncio.ensure_future(sync_outcome(handle.result()))
     with _progress_display(dataset) as show:
         while not outcome.done():
             progress = await current_progress(client, dataset)
@@ -199,13 +210,24 @@ def sync_run(
     if follow and audit:
         fail("--follow and --audit exclude each other: an audit ends by itself", 2)
 
+    options = SyncInput(dataset=dataset, full=full, audit=audit, follow=follow)
+
     async def run(client: Client, services: Services) -> SyncResult | str:
-        options = SyncInput(dataset=dataset, full=full, audit=audit, follow=follow)
         handle = await start_sync(client, services, options)
         return await _follow(client, handle, dataset) if wait else handle.id
 
+    async def run_here(runs: InProcessRuns, services: Services) -> SyncResult:
+        refuse_no_wait_in_process(services.settings, wait, "sync run")
+        if follow:
+            fail(
+                "`sync run --follow` needs ENABLE_TEMPORAL=true: a follow run goes on until "
+                "stopped, which only a durable run can",
+                2,
+            )
+        return await run_sync_in_process(runs, services, options)
+
     try:
-        outcome = _sync_call(dataset, "run", run)
+        outcome = _sync_call(dataset, "run", run, in_process_call=run_here)
     except KeyboardInterrupt:
         if not follow:
             raise
@@ -231,7 +253,7 @@ def sync_stop(
 
     async def stop(client: Client, services: Services) -> SyncResult | str:
         handle = await stop_sync(client, services, dataset)
-        return await sync_outcome(handle) if wait else handle.id
+        return await sync_outcome(handle.result()) if wait else handle.id
 
     try:
         outcome = _sync_call(dataset, "stop", stop)

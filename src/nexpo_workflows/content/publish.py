@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
 from temporalio.workflow import ActivityCancellationType
 
+from nexpo_workflows import execution
 from nexpo_workflows.content.activities import ContentActivities
 from nexpo_workflows.content.models import (
     ContentStatus,
@@ -62,7 +62,7 @@ class Publication:
 
 async def _step(activity: Any, arg: Any, retry: RetryPolicy) -> None:
     try:
-        await workflow.execute_activity_method(
+        await execution.execute_activity(
             activity,
             arg,
             start_to_close_timeout=_STEP_TIMEOUT,

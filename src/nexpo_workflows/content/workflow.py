@@ -14,15 +14,18 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows import execution
     from nexpo_workflows.content.activities import ContentActivities
     from nexpo_workflows.content.models import (
         DECISIONS,
+        AIReview,
         ContentPlan,
         ContentRequest,
         ContentResult,
         ContentStatus,
         Decision,
         Draft,
+        GeneratedDraft,
         GenerateInput,
         HumanReview,
         NotifyInput,
@@ -89,12 +92,15 @@ class AIContentPipelineWorkflow:
     @workflow.run
     async def run(self, request: ContentRequest) -> ContentResult:
         try:
-            plan: ContentPlan = await workflow.execute_local_activity_method(
+            plan: ContentPlan = await execution.execute_activity(
                 ContentActivities.plan_content_pipeline,
                 PlanContentInput(request=request),
+                local=True,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=PLAN_RETRY,
             )
+            if plan.review_mode is ReviewMode.HUMAN and not execution.durable():
+                raise execution.needs_temporal("a human review")
             review = await self._draft_until_decided(plan)
         except ActivityError as error:
             self._stage = PipelineStage.FAILED
@@ -103,8 +109,7 @@ class AIContentPipelineWorkflow:
             result = await self._publish(plan, review)
         else:
             result = await self._reject(plan, review)
-        # An update's caller gets its answer before the run ends.
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await execution.all_handlers_finished()
         return result
 
     async def _draft_until_decided(self, plan: ContentPlan) -> ReviewRecord:
@@ -131,7 +136,7 @@ class AIContentPipelineWorkflow:
 
     async def _generate(self, plan: ContentPlan, feedback: ReviewRecord | None) -> None:
         self._stage = PipelineStage.GENERATING
-        generated = await workflow.execute_activity_method(
+        generated: GeneratedDraft = await execution.execute_activity(
             ContentActivities.generate_content,
             GenerateInput(
                 request=self._request,
@@ -149,7 +154,7 @@ class AIContentPipelineWorkflow:
         if plan.review_mode is ReviewMode.HUMAN:
             return await self._human_review(plan, self._draft)
         self._stage = PipelineStage.REVIEWING
-        answer = await workflow.execute_activity_method(
+        answer: AIReview = await execution.execute_activity(
             ContentActivities.review_content,
             ReviewInput(request=self._request, draft=self._draft),
             **self._llm_options(plan),
@@ -159,13 +164,13 @@ class AIContentPipelineWorkflow:
             reviewer=f"ai:{answer.model}",
             decision=answer.verdict.decision,
             comments=answer.verdict.comments,
-            at=workflow.now(),
+            at=execution.now(),
             revision=self._revision,
         )
 
     async def _human_review(self, plan: ContentPlan, draft: Draft) -> ReviewRecord:
         self._stage = PipelineStage.AWAITING_REVIEW
-        content_id = workflow.info().workflow_id
+        content_id = execution.workflow_id()
         await self._notify(
             plan,
             "content.review_requested",
@@ -203,7 +208,7 @@ class AIContentPipelineWorkflow:
             decision=plan.review_default,
             comments=f"no review within {plan.review_timeout_seconds:g}s: "
             f"the default ({plan.review_default}) applied",
-            at=workflow.now(),
+            at=execution.now(),
             revision=self._revision,
         )
 
@@ -211,7 +216,7 @@ class AIContentPipelineWorkflow:
         assert self._draft is not None
         self._stage = PipelineStage.PUBLISHING
         content = PublishedContent(
-            content_id=workflow.info().workflow_id,
+            content_id=execution.workflow_id(),
             draft=self._draft,
             topic=self._request.topic,
             audience=self._request.audience,
@@ -280,7 +285,7 @@ class AIContentPipelineWorkflow:
     ) -> list[str]:
         """Send on every channel; the channels that delivered. A notice that cannot be
         delivered changes no outcome."""
-        content_id = workflow.info().workflow_id
+        content_id = execution.workflow_id()
         notification = Notification(
             # Stable across retries, so a receiver can drop duplicates.
             id=f"{content_id}:{event}" + (f":{key}" if key else ""),
@@ -309,7 +314,7 @@ class AIContentPipelineWorkflow:
         reason: str | None = None,
     ) -> ContentResult:
         return ContentResult(
-            content_id=workflow.info().workflow_id,
+            content_id=execution.workflow_id(),
             status=status,
             draft=self._draft,
             revisions=self._revision,
@@ -324,7 +329,7 @@ class AIContentPipelineWorkflow:
     def _log(self, result: ContentResult) -> None:
         # workflow.logger is silent during replay, so each outcome is logged once.
         level = logging.INFO if result.status is ContentStatus.PUBLISHED else logging.WARNING
-        workflow.logger.log(level, "content pipeline %s", result.summary())
+        execution.logger().log(level, "content pipeline %s", result.summary())
 
     @workflow.query(name="status")
     def status(self) -> PipelineStatus:

@@ -11,6 +11,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows import execution
     from nexpo_workflows.decisions.activities import (
         NO_LANGUAGE_MODEL,
         NO_PROVIDER,
@@ -84,9 +85,10 @@ class AIDecisionWorkflow:
 
     @workflow.run
     async def run(self, request: DecisionRequest) -> DecisionResult:
-        policy: DecisionPolicy = await workflow.execute_local_activity_method(
+        policy: DecisionPolicy = await execution.execute_activity(
             DecisionActivities.load_decision_policy,
             PolicyInput(),
+            local=True,
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=PLAN_RETRY,
         )
@@ -100,6 +102,11 @@ class AIDecisionWorkflow:
             escalation = f"the model's choice was refused: {validation.reason}"
         elif decision.action == DecisionAction.ESCALATE:
             escalation = decision.parameters.reason
+        elif validation.requires_approval and not execution.durable():
+            escalation = (
+                f"{validation.approval_reason}: an approval needs ENABLE_TEMPORAL=true, so a "
+                "person decides instead"
+            )
         elif validation.requires_approval:
             escalation = await self._await_approval(policy, validation)
         self._stage = DecisionStage.EXECUTING
@@ -126,7 +133,7 @@ class AIDecisionWorkflow:
         )
         self._stage = DecisionStage.COMPLETED
         # workflow.logger is silent during replay, so the outcome is logged once.
-        workflow.logger.info(
+        execution.logger().info(
             "decision %s: %s chose %r, executed %s%s",
             request.request_id,
             proposal.model,
@@ -134,12 +141,12 @@ class AIDecisionWorkflow:
             executed,
             f" ({escalation})" if escalation else "",
         )
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await execution.all_handlers_finished()
         return self._result
 
     async def _decide(self, policy: DecisionPolicy) -> DecisionProposal:
         try:
-            return await workflow.execute_activity_method(
+            proposal: DecisionProposal = await execution.execute_activity(
                 DecisionActivities.decide_next_step,
                 DecideInput(request=self._request, policy=policy),
                 start_to_close_timeout=timedelta(minutes=10),
@@ -149,13 +156,14 @@ class AIDecisionWorkflow:
             )
         except ActivityError as error:
             raise_refusal(error)
+        return proposal
 
     async def _await_approval(self, policy: DecisionPolicy, validation: Validation) -> str | None:
         """None when a person approved; otherwise why the request is escalated instead."""
         self._stage = DecisionStage.AWAITING_APPROVAL
         timeout = policy.approval_timeout_seconds
         self._approval_deadline = workflow.now() + timedelta(seconds=timeout)
-        workflow.logger.info(
+        execution.logger().info(
             "decision %s awaits approval: %s", self._request.request_id, validation.approval_reason
         )
         with contextlib.suppress(TimeoutError):
@@ -174,7 +182,7 @@ class AIDecisionWorkflow:
         """Run the accepted choice; None when done, else why it falls back to a person."""
         assert self._proposal is not None
         decision = self._proposal.decision
-        workflow_id = workflow.info().workflow_id
+        workflow_id = execution.workflow_id()
         try:
             if decision.action == DecisionAction.AUTO_REPLY:
                 deliveries = await send_on_each_channel(
@@ -196,14 +204,14 @@ class AIDecisionWorkflow:
                 amount = refund_amount(decision)
                 assert amount is not None  # checked by validate()
                 approval = self._approval
-                await workflow.execute_activity_method(
+                await execution.execute_activity(
                     DecisionActivities.issue_refund,
                     RefundInput(
                         workflow_id=workflow_id,
                         request=self._request,
                         amount=amount,
                         approved_by=approval.approver if approval else None,
-                        issued_at=workflow.now(),
+                        issued_at=execution.now(),
                     ),
                     start_to_close_timeout=timedelta(seconds=60),
                     retry_policy=_ACTION_RETRY,
@@ -219,7 +227,7 @@ class AIDecisionWorkflow:
             self._channels,
             DecisionActivities.escalate_to_human,
             lambda channel: EscalateInput(
-                workflow_id=workflow.info().workflow_id,
+                workflow_id=execution.workflow_id(),
                 channel=channel,
                 request=self._request,
                 reason=reason,

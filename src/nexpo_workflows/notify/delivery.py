@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from nexpo_workflows import execution
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.notify.base import (
     NoRecipientsError,
@@ -64,7 +64,7 @@ async def send_on_each_channel(
 
     async def send(channel: str) -> str | None:
         try:
-            await workflow.execute_activity_method(
+            await execution.execute_activity(
                 activity,
                 input_for(channel),
                 start_to_close_timeout=_SEND_TIMEOUT,
@@ -73,7 +73,7 @@ async def send_on_each_channel(
             )
         except ActivityError as error:
             reason = first_line(error.cause or error)
-            workflow.logger.warning("%s not sent via %s: %s", summary, channel, reason)
+            execution.logger().warning("%s not sent via %s: %s", summary, channel, reason)
             return reason
         return None
 

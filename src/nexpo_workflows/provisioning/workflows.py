@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows import execution
     from nexpo_workflows.provisioning.activities import ProvisioningActivities
     from nexpo_workflows.provisioning.models import (
         BucketSpaceInput,
@@ -65,7 +66,7 @@ class _Steps:
         attempts: int,
     ) -> R:
         try:
-            return await workflow.execute_activity_method(
+            result: R = await execution.execute_activity(
                 activity,
                 arg,
                 start_to_close_timeout=timedelta(seconds=self._plan.step_timeout_seconds),
@@ -82,6 +83,7 @@ class _Steps:
             if isinstance(error.cause, CancelledError):
                 raise asyncio.CancelledError from error  # stopped by the saga, not failed
             raise
+        return result
 
     async def create(self, resource: Resource, resources: list[Resource]) -> bool:
         """Make ``resource`` (the record lists ``resources``); False if it was there."""
@@ -135,18 +137,20 @@ class _Steps:
 
 
 async def _plan(tenant_id: str) -> ProvisioningPlan:
-    return await workflow.execute_local_activity_method(
+    plan: ProvisioningPlan = await execution.execute_activity(
         ProvisioningActivities.plan_provisioning,
         PlanProvisioningInput(tenant_id=tenant_id),
+        local=True,
         start_to_close_timeout=timedelta(seconds=10),
         retry_policy=PLAN_RETRY,
     )
+    return plan
 
 
 def _finish(result: ProvisioningResult, kind: str) -> ProvisioningResult:
     # workflow.logger is silent during replay, so each outcome is logged once.
     completed = result.status is ProvisioningStatus.COMPLETED
-    workflow.logger.log(logging.INFO if completed else logging.WARNING, "%s", result.summary())
+    execution.logger().log(logging.INFO if completed else logging.WARNING, "%s", result.summary())
     if not completed:
         raise ApplicationError(
             result.summary(), result.model_dump(mode="json"), type=kind, non_retryable=True
@@ -163,7 +167,7 @@ class ProvisionResourcesWorkflow:
     async def run(self, input: ProvisionInput) -> ProvisioningResult:
         plan = await _plan(input.tenant_id)
         # This run's id marks what it creates: its compensations remove only that.
-        steps = _Steps(plan, input.tenant_id, owner=workflow.info().run_id)
+        steps = _Steps(plan, input.tenant_id, owner=execution.run_id())
         resources = plan.resources()
         self._outcomes = {
             r.label(): ResourceOutcome(resource=r, status=ResourceStatus.NOT_STARTED)

@@ -10,6 +10,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows import execution
     from nexpo_workflows.replication.models import (
         CopyObjectInput,
         ReplicaOutcome,
@@ -36,9 +37,10 @@ class ReplicateObjectWorkflow:
     @workflow.run
     async def run(self, input: ReplicateInput) -> ReplicateResult:
         try:
-            plan: ReplicationPlan = await workflow.execute_local_activity(
+            plan: ReplicationPlan = await execution.execute_activity(
                 "plan_replication",
                 ReplicationPlanInput(source=input.source, targets=input.targets),
+                local=True,
                 result_type=ReplicationPlan,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=PLAN_RETRY,
@@ -66,7 +68,7 @@ class ReplicateObjectWorkflow:
 
     async def _copy(self, key: str, source: str, target: str) -> ReplicaOutcome:
         try:
-            outcome: ReplicaOutcome = await workflow.execute_activity(
+            outcome: ReplicaOutcome = await execution.execute_activity(
                 "copy_object",
                 CopyObjectInput(key=key, source=source, target=target),
                 result_type=ReplicaOutcome,

@@ -4,8 +4,8 @@ reset its capture (gateway and CLI)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
-from typing import Any
 
 from pydantic import BaseModel
 from temporalio.client import (
@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from nexpo_workflows.errors import first_line
+from nexpo_workflows.execution import InProcessRuns
 from nexpo_workflows.providers import ProviderUnavailableError
 from nexpo_workflows.services import Services
 from nexpo_workflows.sync.capture import (
@@ -122,6 +123,26 @@ def _change_log(services: Services, plan: SyncPlan) -> ChangeLog | None:
     return change_log(source, find_dataset(services.settings, plan.dataset).source, plan.dataset)
 
 
+async def _check_source(services: Services, input: SyncInput) -> None:
+    log = _change_log(services, _plan(services, input.dataset))
+    if log is not None:
+        await log.check()
+
+
+async def run_sync_in_process(
+    runs: InProcessRuns, services: Services, input: SyncInput
+) -> SyncResult:
+    """The run of ``start_sync`` done to its end in this process (ENABLE_TEMPORAL=false),
+    with the same checks first; raises SyncFailedError as ``sync_outcome`` does."""
+    await _check_source(services, input)
+    try:
+        return await sync_outcome(
+            runs.execute(DataSyncWorkflow.run, input, id=sync_workflow_id(input.dataset))
+        )
+    except WorkflowAlreadyStartedError:
+        raise SyncAlreadyRunningError(input.dataset) from None
+
+
 async def start_sync(
     client: Client, services: Services, input: SyncInput
 ) -> WorkflowHandle[DataSyncWorkflow, SyncResult]:
@@ -130,16 +151,13 @@ async def start_sync(
     change log cannot capture (a server setting, a table without a key: what the run's first
     step would refuse), ProviderUnavailableError when the source cannot be asked,
     SyncAlreadyRunningError while a run of the dataset is going on."""
-    settings = services.settings
-    log = _change_log(services, _plan(services, input.dataset))
-    if log is not None:
-        await log.check()
+    await _check_source(services, input)
     try:
         return await client.start_workflow(
             DataSyncWorkflow.run,
             input,
             id=sync_workflow_id(input.dataset),
-            task_queue=settings.temporal_task_queue,
+            task_queue=services.settings.temporal_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         )
     except WorkflowAlreadyStartedError:
@@ -179,10 +197,11 @@ async def current_progress(client: Client, dataset: str) -> SyncProgress | None:
     return progress
 
 
-async def sync_outcome(handle: WorkflowHandle[Any, SyncResult]) -> SyncResult:
-    """The run's result, following continue-as-new; raises SyncFailedError when it failed."""
+async def sync_outcome(result: Awaitable[SyncResult]) -> SyncResult:
+    """The run's result (a handle's follows continue-as-new); raises SyncFailedError when
+    it failed."""
     try:
-        return await handle.result()
+        return await result
     except WorkflowFailureError as error:
         cause = error.cause
         report = None
@@ -253,7 +272,7 @@ async def sync_status(client: Client, services: Services, dataset: str) -> SyncR
         description.id, run_id=description.run_id, result_type=SyncResult
     )
     try:
-        view.result = await sync_outcome(latest)
+        view.result = await sync_outcome(latest.result())
     except SyncFailedError as failed:
         view.result, view.failure = failed.report, str(failed)
     view.progress = view.result.progress if view.result else None

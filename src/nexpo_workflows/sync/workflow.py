@@ -27,6 +27,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from nexpo_workflows import execution
     from nexpo_workflows.retries import PLAN_RETRY
     from nexpo_workflows.sync.models import (
         BatchInput,
@@ -98,12 +99,15 @@ class DataSyncWorkflow:
 
     @workflow.run
     async def run(self, input: SyncInput) -> SyncResult:
-        if workflow.info().workflow_id != sync_workflow_id(input.dataset):
+        if execution.workflow_id() != sync_workflow_id(input.dataset):
             return await self._run_as_the_dataset_run(input)
+        if input.follow and not execution.durable():
+            raise execution.needs_temporal("a follow run (it goes on until stopped)")
         try:
-            plan: SyncPlan = await workflow.execute_local_activity(
+            plan: SyncPlan = await execution.execute_activity(
                 "plan_sync",
                 PlanSyncInput(dataset=input.dataset),
+                local=True,
                 result_type=SyncPlan,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=PLAN_RETRY,
@@ -127,8 +131,9 @@ class DataSyncWorkflow:
         while True:
             if self._stop:
                 return await self._stopped(plan, record=not input.audit)
-            if batches_this_run >= plan.batches_per_run or (
-                workflow.info().is_continue_as_new_suggested()
+            # A run in this process has no history to bound: it goes on in one piece.
+            if execution.durable() and (
+                batches_this_run >= plan.batches_per_run or execution.continue_as_new_suggested()
             ):
                 progress.runs += 1
                 workflow.continue_as_new(input.model_copy(update={"carry": progress}))
@@ -154,7 +159,7 @@ class DataSyncWorkflow:
             await self._sync_batch(plan, batch, audit=input.audit)
             batches_this_run += 1
         progress.phase = SyncPhase.DONE
-        workflow.logger.info(
+        execution.logger().info(
             "sync %s: %d rows synced, %d quarantined, %d repaired",
             input.dataset,
             progress.rows_synced,
@@ -188,7 +193,9 @@ class DataSyncWorkflow:
                 type(None),
             )
         progress.phase = SyncPhase.DONE
-        workflow.logger.info("sync %s: stopped; %d rows synced", plan.dataset, progress.rows_synced)
+        execution.logger().info(
+            "sync %s: stopped; %d rows synced", plan.dataset, progress.rows_synced
+        )
         return SyncResult(dataset=plan.dataset, status=SyncStatus.STOPPED, progress=progress)
 
     async def _run_as_the_dataset_run(self, input: SyncInput) -> SyncResult:
@@ -202,7 +209,7 @@ class DataSyncWorkflow:
                 parent_close_policy=workflow.ParentClosePolicy.TERMINATE,
             )
         except WorkflowAlreadyStartedError:
-            workflow.logger.info("sync %s: a run is in progress; skipped", input.dataset)
+            execution.logger().info("sync %s: a run is in progress; skipped", input.dataset)
             return SyncResult(
                 dataset=input.dataset, status=SyncStatus.SKIPPED, progress=self._progress
             )
@@ -211,7 +218,7 @@ class DataSyncWorkflow:
     async def _step(self, activity: str, arg: Any, result_type: Any) -> Any:
         assert self._plan is not None
         try:
-            return await workflow.execute_activity(
+            return await execution.execute_activity(
                 activity,
                 arg,
                 result_type=result_type,

@@ -118,6 +118,8 @@ export interface paths {
         /**
          * Replicate
          * @description Copy an object from one store to the others (or to `targets`), verified.
+         *
+         *     ENABLE_TEMPORAL=false: the copies are made in this process and the answer is the result.
          */
         post: operations["replicate_api_cloud_replicate_post"];
         delete?: never;
@@ -137,12 +139,16 @@ export interface paths {
         /**
          * Provision Tenant
          * @description Provision the tenant's resources in every enabled store and SQL database (saga).
+         *
+         *     ENABLE_TEMPORAL=false: the saga runs in this process and the answer is its result.
          */
         put: operations["provision_tenant_api_cloud_tenants__tenant_id__put"];
         post?: never;
         /**
          * Deprovision Tenant
          * @description Remove everything provisioned for the tenant (safe to repeat).
+         *
+         *     ENABLE_TEMPORAL=false: runs in this process and the answer is its result.
          */
         delete: operations["deprovision_tenant_api_cloud_tenants__tenant_id__delete"];
         options?: never;
@@ -162,6 +168,9 @@ export interface paths {
         /**
          * Create Content
          * @description Start AIContentPipelineWorkflow: draft, review, publish everywhere or nowhere, notify.
+         *
+         *     ENABLE_TEMPORAL=false: the same pipeline runs in this process (AI review only) and the
+         *     answer is its result.
          */
         post: operations["create_content_api_content_post"];
         delete?: never;
@@ -222,6 +231,10 @@ export interface paths {
         /**
          * Create Decision
          * @description Start AIDecisionWorkflow: the model chooses auto_reply, escalate or refund.
+         *
+         *     ENABLE_TEMPORAL=false: the same decision runs in this process and the answer is its
+         *     result; a choice that needs a person's approval is escalated instead (an approval needs
+         *     Temporal to wait for it).
          */
         post: operations["create_decision_api_decisions_post"];
         delete?: never;
@@ -291,6 +304,10 @@ export interface paths {
          *     the source's changes as they come until `POST /api/sync/{dataset}/stop`). While a run of
          *     the dataset goes on, a follow run included, another start is 409 and a scheduled start
          *     ends `skipped`.
+         *
+         *     ENABLE_TEMPORAL=false: the same run is done in this process (one-shot, not durable) and
+         *     the answer is its result; rows still differing after repair answer 503 with the report;
+         *     `follow` is 409 (only a durable run can go on until stopped).
          */
         post: operations["start_dataset_sync_api_sync__dataset__post"];
         delete?: never;
@@ -425,8 +442,8 @@ export interface paths {
          * @description Create the user in every enabled database, or in none.
          *
          *     ENABLE_TEMPORAL=true: starts UserOnboardingWorkflow and answers 202; with ``wait=true``
-         *     answers once it has finished (201 or its failure), in one request to Temporal
-         *     (update-with-start), or 202 if it still runs after ONBOARDING_WAIT_SECONDS. false: runs
+         *     answers once it has finished (201 or its failure), started eagerly and awaited on
+         *     Temporal, or 202 if it still runs after ONBOARDING_WAIT_SECONDS. false: runs
          *     the same saga in this process (not durable) and answers 201 with the user.
          */
         post: operations["create_user_api_users_post"];
@@ -673,6 +690,31 @@ export interface components {
             /** Topic */
             topic: string;
         };
+        /** ContentResult */
+        ContentResult: {
+            /** Content Id */
+            content_id: string;
+            draft: components["schemas"]["Draft"] | null;
+            /** Notified */
+            notified?: string[];
+            /** Providers */
+            providers?: components["schemas"]["ProviderOutcome"][];
+            /** Published To */
+            published_to: string[];
+            /** Reason */
+            reason?: string | null;
+            /** Reviews */
+            reviews: components["schemas"]["ReviewRecord"][];
+            /** Revisions */
+            revisions: number;
+            status: components["schemas"]["ContentStatus"];
+            usage: components["schemas"]["TokenUsage"];
+        };
+        /**
+         * ContentStatus
+         * @enum {string}
+         */
+        ContentStatus: "published" | "rejected" | "publish_failed" | "publish_rollback_incomplete";
         /** CreateUserRequest */
         CreateUserRequest: {
             /**
@@ -1082,6 +1124,19 @@ export interface components {
          * @enum {string}
          */
         ProviderStatus: "created" | "compensated" | "failed" | "compensation_failed" | "not_started" | "deleted" | "absent";
+        /** ProvisioningResult */
+        ProvisioningResult: {
+            /** Resources */
+            resources: components["schemas"]["ResourceOutcome"][];
+            status: components["schemas"]["ProvisioningStatus"];
+            /** Tenant Id */
+            tenant_id: string;
+        };
+        /**
+         * ProvisioningStatus
+         * @enum {string}
+         */
+        ProvisioningStatus: "completed" | "rolled_back" | "rollback_incomplete" | "failed";
         /**
          * Readiness
          * @description What an anonymous caller learns: ready or not, nothing about the dependencies.
@@ -1107,6 +1162,23 @@ export interface components {
              */
             status?: "unavailable";
         };
+        /** ReplicaOutcome */
+        ReplicaOutcome: {
+            /** Error */
+            error?: string | null;
+            /** Sha256 */
+            sha256?: string | null;
+            /** Size */
+            size?: number | null;
+            status: components["schemas"]["ReplicaStatus"];
+            /** Store */
+            store: string;
+        };
+        /**
+         * ReplicaStatus
+         * @enum {string}
+         */
+        ReplicaStatus: "copied" | "already_present" | "failed";
         /** ReplicateInput */
         ReplicateInput: {
             /** Key */
@@ -1116,6 +1188,45 @@ export interface components {
             /** Targets */
             targets?: string[] | null;
         };
+        /** ReplicateResult */
+        ReplicateResult: {
+            /** Key */
+            key: string;
+            /** Replicas */
+            replicas: components["schemas"]["ReplicaOutcome"][];
+            /** Sha256 */
+            sha256: string | null;
+            /** Source */
+            source: string;
+        };
+        /**
+         * Resource
+         * @description One thing provisioned for a tenant: ``target`` names the store or provider.
+         */
+        Resource: {
+            kind: components["schemas"]["ResourceKind"];
+            /** Target */
+            target: string;
+        };
+        /**
+         * ResourceKind
+         * @enum {string}
+         */
+        ResourceKind: "bucket_space" | "db_schema" | "resource_record";
+        /** ResourceOutcome */
+        ResourceOutcome: {
+            /** Compensation Error */
+            compensation_error?: string | null;
+            /** Error */
+            error?: string | null;
+            resource: components["schemas"]["Resource"];
+            status: components["schemas"]["ResourceStatus"];
+        };
+        /**
+         * ResourceStatus
+         * @enum {string}
+         */
+        ResourceStatus: "created" | "existed" | "compensated" | "failed" | "compensation_failed" | "not_started" | "deleted" | "absent";
         /**
          * ReviewMode
          * @enum {string}
@@ -1725,6 +1836,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description ENABLE_TEMPORAL=false: the workflow ran to its end in this process (not durable); its result */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReplicateResult"];
+                };
+            };
             /** @description Successful Response */
             202: {
                 headers: {
@@ -1741,7 +1861,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
+            /** @description ENABLE_TEMPORAL=false: a copy failed (the message names it) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1761,6 +1881,15 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
+            /** @description ENABLE_TEMPORAL=false: the workflow ran to its end in this process (not durable); its result */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProvisioningResult"];
+                };
+            };
             /** @description Successful Response */
             202: {
                 headers: {
@@ -1806,6 +1935,15 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
+            /** @description ENABLE_TEMPORAL=false: the workflow ran to its end in this process (not durable); its result */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProvisioningResult"];
+                };
+            };
             /** @description Successful Response */
             202: {
                 headers: {
@@ -1853,6 +1991,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description ENABLE_TEMPORAL=false: the workflow ran to its end in this process (not durable); its result */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ContentResult"];
+                };
+            };
             /** @description Successful Response */
             202: {
                 headers: {
@@ -1861,6 +2008,13 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["WorkflowAccepted"];
                 };
+            };
+            /** @description A human review without Temporal (needs ENABLE_TEMPORAL=true) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Invalid request (empty topic, too long, bad email...) */
             422: {
@@ -1999,6 +2153,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description ENABLE_TEMPORAL=false: the workflow ran to its end in this process (not durable); its result */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DecisionResult"];
+                };
+            };
             /** @description Successful Response */
             202: {
                 headers: {
@@ -2194,6 +2357,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description ENABLE_TEMPORAL=false: the workflow ran to its end in this process (not durable); its result */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncResult"];
+                };
+            };
             /** @description Successful Response */
             202: {
                 headers: {
@@ -2226,7 +2398,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description The source cannot be reached */
+            /** @description The source cannot be reached; ENABLE_TEMPORAL=false: rows still differ after repair (the report names them) */
             503: {
                 headers: {
                     [name: string]: unknown;

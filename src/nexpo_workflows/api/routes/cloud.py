@@ -12,7 +12,13 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from nexpo_workflows.api.deps import ClientDep, GatewayState, StateDep
+from nexpo_workflows.api.deps import (
+    IN_PROCESS_DESCRIPTION,
+    ClientDep,
+    GatewayState,
+    StateDep,
+    in_process_result,
+)
 from nexpo_workflows.failover.models import (
     FailoverInput,
     FailoverState,
@@ -23,12 +29,16 @@ from nexpo_workflows.failover.models import (
 )
 from nexpo_workflows.failover.routing import RoutingTable, routing_store
 from nexpo_workflows.failover.workflow import FailoverWorkflow
-from nexpo_workflows.provisioning.models import DeprovisionInput, ProvisionInput
+from nexpo_workflows.provisioning.models import (
+    DeprovisionInput,
+    ProvisioningResult,
+    ProvisionInput,
+)
 from nexpo_workflows.provisioning.workflows import (
     DeprovisionResourcesWorkflow,
     ProvisionResourcesWorkflow,
 )
-from nexpo_workflows.replication.models import ReplicateInput
+from nexpo_workflows.replication.models import ReplicateInput, ReplicateResult
 from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.users.service import WorkflowAccepted
 
@@ -46,12 +56,16 @@ def accepted(request: Request, workflow_id: str) -> dict[str, Any]:
     "/replicate",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WorkflowAccepted,
-    responses={422: {"description": "Unknown store or invalid key"}},
+    responses={
+        200: {"model": ReplicateResult, "description": IN_PROCESS_DESCRIPTION},
+        422: {"description": "Unknown store or invalid key"},
+        503: {"description": "ENABLE_TEMPORAL=false: a copy failed (the message names it)"},
+    },
 )
-async def replicate(
-    body: ReplicateInput, request: Request, client: ClientDep, state: StateDep
-) -> Any:
-    """Copy an object from one store to the others (or to `targets`), verified."""
+async def replicate(body: ReplicateInput, request: Request, state: StateDep) -> Any:
+    """Copy an object from one store to the others (or to `targets`), verified.
+
+    ENABLE_TEMPORAL=false: the copies are made in this process and the answer is the result."""
     enabled = set(state.services.stores)
     unknown = sorted({body.source, *(body.targets or [])} - enabled)
     if unknown:
@@ -59,10 +73,14 @@ async def replicate(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"stores {unknown} are not enabled; enabled: {sorted(enabled)}",
         )
-    handle = await client.start_workflow(
+    workflow_id = f"replicate-{uuid.uuid4()}"
+    if state.client is None:
+        result = await state.in_process.execute(ReplicateObjectWorkflow.run, body, id=workflow_id)
+        return in_process_result(result)
+    handle = await state.client.start_workflow(
         ReplicateObjectWorkflow.run,
         body,
-        id=f"replicate-{uuid.uuid4()}",
+        id=workflow_id,
         task_queue=state.services.settings.temporal_task_queue,
     )
     return accepted(request, handle.id)
@@ -74,10 +92,13 @@ def tenant_workflow_id(tenant_id: str) -> str:
 
 
 async def _start_tenant_workflow(
-    request: Request, client: Client, state: GatewayState, run: Any, arg: Any, tenant_id: str
-) -> dict[str, Any]:
+    request: Request, state: GatewayState, run: Any, arg: Any, tenant_id: str
+) -> Any:
     try:
-        handle = await client.start_workflow(
+        if state.client is None:
+            result = await state.in_process.execute(run, arg, id=tenant_workflow_id(tenant_id))
+            return in_process_result(result)
+        handle = await state.client.start_workflow(
             run,
             arg,
             id=tenant_workflow_id(tenant_id),
@@ -102,15 +123,17 @@ TenantPath = Annotated[str, Path(pattern=r"^[a-z0-9-]{3,40}$")]
     "/tenants/{tenant_id}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WorkflowAccepted,
-    responses={409: {"description": "A workflow for this tenant is running"}},
+    responses={
+        200: {"model": ProvisioningResult, "description": IN_PROCESS_DESCRIPTION},
+        409: {"description": "A workflow for this tenant is running"},
+    },
 )
-async def provision_tenant(
-    tenant_id: TenantPath, request: Request, client: ClientDep, state: StateDep
-) -> Any:
-    """Provision the tenant's resources in every enabled store and SQL database (saga)."""
+async def provision_tenant(tenant_id: TenantPath, request: Request, state: StateDep) -> Any:
+    """Provision the tenant's resources in every enabled store and SQL database (saga).
+
+    ENABLE_TEMPORAL=false: the saga runs in this process and the answer is its result."""
     return await _start_tenant_workflow(
         request,
-        client,
         state,
         ProvisionResourcesWorkflow.run,
         ProvisionInput(tenant_id=tenant_id),
@@ -122,15 +145,17 @@ async def provision_tenant(
     "/tenants/{tenant_id}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WorkflowAccepted,
-    responses={409: {"description": "A workflow for this tenant is running"}},
+    responses={
+        200: {"model": ProvisioningResult, "description": IN_PROCESS_DESCRIPTION},
+        409: {"description": "A workflow for this tenant is running"},
+    },
 )
-async def deprovision_tenant(
-    tenant_id: TenantPath, request: Request, client: ClientDep, state: StateDep
-) -> Any:
-    """Remove everything provisioned for the tenant (safe to repeat)."""
+async def deprovision_tenant(tenant_id: TenantPath, request: Request, state: StateDep) -> Any:
+    """Remove everything provisioned for the tenant (safe to repeat).
+
+    ENABLE_TEMPORAL=false: runs in this process and the answer is its result."""
     return await _start_tenant_workflow(
         request,
-        client,
         state,
         DeprovisionResourcesWorkflow.run,
         DeprovisionInput(tenant_id=tenant_id),

@@ -14,7 +14,12 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from nexpo_workflows.api.deps import ClientDep, StateDep
+from nexpo_workflows.api.deps import (
+    IN_PROCESS_DESCRIPTION,
+    ClientDep,
+    StateDep,
+    in_process_result,
+)
 from nexpo_workflows.content.models import (
     ContentRequest,
     ContentResult,
@@ -40,12 +45,23 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such pip
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WorkflowAccepted,
-    responses={422: {"description": "Invalid request (empty topic, too long, bad email...)"}},
+    responses={
+        200: {"model": ContentResult, "description": IN_PROCESS_DESCRIPTION},
+        409: {"description": "A human review without Temporal (needs ENABLE_TEMPORAL=true)"},
+        422: {"description": "Invalid request (empty topic, too long, bad email...)"},
+    },
 )
-async def create_content(
-    body: ContentRequest, request: Request, client: ClientDep, state: StateDep
-) -> Any:
-    """Start AIContentPipelineWorkflow: draft, review, publish everywhere or nowhere, notify."""
+async def create_content(body: ContentRequest, request: Request, state: StateDep) -> Any:
+    """Start AIContentPipelineWorkflow: draft, review, publish everywhere or nowhere, notify.
+
+    ENABLE_TEMPORAL=false: the same pipeline runs in this process (AI review only) and the
+    answer is its result."""
+    client = state.client
+    if client is None:
+        result = await state.in_process.execute(
+            AIContentPipelineWorkflow.run, body, id=new_content_id()
+        )
+        return in_process_result(result)
     handle = await client.start_workflow(
         AIContentPipelineWorkflow.run,
         body,

@@ -6,11 +6,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 
-from nexpo_workflows.api.deps import ClientDep, StateDep
+from nexpo_workflows.api.deps import (
+    IN_PROCESS_DESCRIPTION,
+    ClientDep,
+    StateDep,
+    in_process_result,
+)
 from nexpo_workflows.decisions.models import (
     REQUEST_ID_PATTERN,
     ApprovalInput,
     DecisionRequest,
+    DecisionResult,
     DecisionStatus,
 )
 from nexpo_workflows.decisions.service import (
@@ -18,7 +24,9 @@ from nexpo_workflows.decisions.service import (
     DecisionExistsError,
     DecisionNotFoundError,
     DecisionService,
+    decision_workflow_id,
 )
+from nexpo_workflows.decisions.workflow import AIDecisionWorkflow
 from nexpo_workflows.users.service import WorkflowAccepted
 
 router = APIRouter(prefix="/api/decisions", tags=["decisions"])
@@ -38,12 +46,23 @@ def _service(client: ClientDep, state: StateDep) -> DecisionService:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WorkflowAccepted,
-    responses={409: {"description": "This request id already has a decision"}},
+    responses={
+        200: {"model": DecisionResult, "description": IN_PROCESS_DESCRIPTION},
+        409: {"description": "This request id already has a decision"},
+    },
 )
-async def create_decision(
-    body: DecisionRequest, request: Request, client: ClientDep, state: StateDep
-) -> Any:
-    """Start AIDecisionWorkflow: the model chooses auto_reply, escalate or refund."""
+async def create_decision(body: DecisionRequest, request: Request, state: StateDep) -> Any:
+    """Start AIDecisionWorkflow: the model chooses auto_reply, escalate or refund.
+
+    ENABLE_TEMPORAL=false: the same decision runs in this process and the answer is its
+    result; a choice that needs a person's approval is escalated instead (an approval needs
+    Temporal to wait for it)."""
+    client = state.client
+    if client is None:
+        result = await state.in_process.execute(
+            AIDecisionWorkflow.run, body, id=decision_workflow_id(body.request_id)
+        )
+        return in_process_result(result)
     try:
         handle = await _service(client, state).start(body)
     except DecisionExistsError as error:

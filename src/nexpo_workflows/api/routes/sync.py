@@ -9,17 +9,24 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, model_validator
 
-from nexpo_workflows.api.deps import ClientDep, StateDep
+from nexpo_workflows.api.deps import (
+    IN_PROCESS_DESCRIPTION,
+    ClientDep,
+    StateDep,
+    in_process_result,
+)
 from nexpo_workflows.api.routes.cloud import accepted
 from nexpo_workflows.sync.capture import CaptureRefusedError
 from nexpo_workflows.sync.datasets import DatasetConfigError, UnknownDatasetError
-from nexpo_workflows.sync.models import DATASET_NAME_PATTERN, SyncInput
+from nexpo_workflows.sync.models import DATASET_NAME_PATTERN, SyncInput, SyncResult
 from nexpo_workflows.sync.runs import (
     CaptureReset,
     SyncAlreadyRunningError,
+    SyncFailedError,
     SyncNotRunningError,
     SyncRunView,
     reset_capture,
+    run_sync_in_process,
     start_sync,
     stop_sync,
     sync_status,
@@ -97,18 +104,21 @@ async def _answer(call: Awaitable[T]) -> T:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WorkflowAccepted,
     responses={
+        200: {"model": SyncResult, "description": IN_PROCESS_DESCRIPTION},
         **_NO_DATASET,
         409: {
             "description": "A sync of this dataset is running, or it cannot run here (the "
             "source's server or table cannot be captured: the message says what to change)"
         },
-        503: {"description": "The source cannot be reached"},
+        503: {
+            "description": "The source cannot be reached; ENABLE_TEMPORAL=false: rows still "
+            "differ after repair (the report names them)"
+        },
     },
 )
 async def start_dataset_sync(
     dataset: DatasetPath,
     request: Request,
-    client: ClientDep,
     state: StateDep,
     body: Annotated[SyncRequest | None, Body()] = None,
 ) -> Any:
@@ -116,17 +126,25 @@ async def start_dataset_sync(
     and repair every range, write nothing else; `follow`: do not end when caught up, apply
     the source's changes as they come until `POST /api/sync/{dataset}/stop`). While a run of
     the dataset goes on, a follow run included, another start is 409 and a scheduled start
-    ends `skipped`."""
+    ends `skipped`.
+
+    ENABLE_TEMPORAL=false: the same run is done in this process (one-shot, not durable) and
+    the answer is its result; rows still differing after repair answer 503 with the report;
+    `follow` is 409 (only a durable run can go on until stopped)."""
     options = body or SyncRequest()
-    handle = await _answer(
-        start_sync(
-            client,
-            state.services,
-            SyncInput(
-                dataset=dataset, full=options.full, audit=options.audit, follow=options.follow
-            ),
-        )
+    input = SyncInput(
+        dataset=dataset, full=options.full, audit=options.audit, follow=options.follow
     )
+    if state.client is None:
+        try:
+            result = await _answer(run_sync_in_process(state.in_process, state.services, input))
+        except SyncFailedError as error:
+            report = error.report.model_dump(mode="json") if error.report else None
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, {"message": str(error), "result": report}
+            ) from None
+        return in_process_result(result)
+    handle = await _answer(start_sync(state.client, state.services, input))
     return accepted(request, handle.id)
 
 
