@@ -49,6 +49,7 @@ from tests.sync_source import (
     sync_env,
     sync_worker_env,
 )
+from tests.test_in_process import in_process_gateway
 from tests.test_sync_api import gateway_on, stop_leftovers
 from tests.test_sync_capture import slot
 from tests.test_worker_processes import worker_process
@@ -480,3 +481,22 @@ async def test_a_worker_killed_while_following_is_replaced_and_nothing_is_lost(
             (DATASET,),
         ).fetchone()
     assert count == distinct == len(await source.contents())
+
+
+async def test_without_temporal_a_follow_run_is_refused(
+    cli: list[str], cli_env: dict[str, str], follow_settings: Settings, source: Source
+) -> None:
+    """ENABLE_TEMPORAL=false runs a one-shot sync in the gateway or the command; a follow run
+    goes on until stopped, which only a durable run can: 409 / exit 2, nothing synced."""
+    local = follow_settings.model_copy(update={"enable_temporal": False})
+    await source.insert(3)
+    async with in_process_gateway(local) as http:
+        refused = await http.post(f"/api/sync/{DATASET}", json={"follow": True})
+    assert refused.status_code == 409, refused.text
+    assert "needs ENABLE_TEMPORAL=true" in refused.text
+    env = {**sync_worker_env(cli_env, local, batch_size=40), "ENABLE_TEMPORAL": "false"}
+    ran = await run_cli([*cli, "sync", "run", DATASET, "--follow"], env)
+    assert ran.returncode == 2
+    assert "needs ENABLE_TEMPORAL=true" in ran.stderr
+    # Nothing ran: the target was never even opened.
+    assert not local.sqlite_file.exists()

@@ -136,6 +136,14 @@ async def start_dataset_sync(
         dataset=dataset, full=options.full, audit=options.audit, follow=options.follow
     )
     if state.client is None:
+        if input.follow:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                {
+                    "message": "a follow run needs ENABLE_TEMPORAL=true: it goes on until "
+                    "stopped, which only a durable run can"
+                },
+            )
         try:
             result = await _answer(run_sync_in_process(state.in_process, state.services, input))
         except SyncFailedError as error:
