@@ -15,8 +15,9 @@ directly), it sends ``--requests`` onboardings one after another and prints p50/
 - ``wait``: ``POST /api/users?wait=true``, answered 201 with the user;
 - ``poll``: ``POST /api/users`` (202), ``GET`` its ``statusUrl`` every ``--poll-interval``
   seconds until the saga completed, then ``GET /api/users/{id}``: the same answer;
-- ``update-with-start`` and ``start+result``: the same two ways on Temporal alone, without
-  HTTP or the password's hash (a fixed Argon2id string, as in onboarding_throughput);
+- ``update-with-start`` and ``eager start+result`` (what ``wait`` does): the saga awaited on
+  Temporal alone, without HTTP or the password's hash (a fixed Argon2id string, as in
+  onboarding_throughput);
 - ``argon2id``: hashing the password, which every ``POST`` does before it starts the saga.
 
 "Idle" is this benchmark's own idleness: the machine's load average is printed with it.
@@ -46,6 +47,7 @@ from tests.servers.mongodb import running_mongodb
 from tests.servers.postgres import fresh_database
 from tests.servers.supabase import running_supabase
 
+from nexpo_workflows import eventloop
 from nexpo_workflows.api.app import create_app, embedded_server
 from nexpo_workflows.api.auth import hash_api_key, new_api_key
 from nexpo_workflows.api.deps import GatewayState
@@ -178,6 +180,7 @@ def variants(
             prehashed(),
             id=f"bench-start-{uuid.uuid4()}",
             task_queue=stack.task_queue,
+            request_eager_start=True,
         )
         await handle.result()
 
@@ -188,7 +191,7 @@ def variants(
         "wait": wait,
         "poll": poll,
         "update-with-start": update_with_start,
-        "start+result": start_and_result,
+        "eager start+result": start_and_result,
         "argon2id": argon2id,
     }
 
@@ -229,7 +232,9 @@ async def background_load(client: Client, task_queue: str, sagas: int) -> AsyncI
         await asyncio.gather(*runners)
 
 
-async def main(requests: int, load: int, poll_interval: float) -> None:
+async def main(
+    requests: int, load: int, poll_interval: float, provider_counts: list[int], step_mode: str
+) -> None:
     api_key = new_api_key()
     async with AsyncExitStack() as stack:
         data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nexpo-bench-")))
@@ -252,18 +257,20 @@ async def main(requests: int, load: int, poll_interval: float) -> None:
             "metrics_bind_address": "",
             "api_key_hashes": [hash_api_key(api_key)],
             "postgres_pool_size": load + 5,
+            "onboarding_step_mode": step_mode,
         }
         client = await connect(Settings(_env_file=None, **common))
         print(
             f"{requests} requests per row, one at a time; one dev server (file, WAL), one worker "
-            "and the gateway in one process; the machine's 1-minute load average after each row"
+            f"and the gateway in one process; ONBOARDING_STEP_MODE={step_mode}; the machine's "
+            "1-minute load average after each row"
         )
         print(
-            f"{'providers':>9} {'condition':10} {'variant':18} {'p50 ms':>8} {'p95 ms':>8} "
+            f"{'providers':>9} {'condition':10} {'variant':19} {'p50 ms':>8} {'p95 ms':>8} "
             f"{'loadavg':>7}",
             flush=True,
         )
-        for providers in (1, 5):
+        for providers in provider_counts:
             settings = Settings(
                 _env_file=None,
                 **common,
@@ -274,7 +281,7 @@ async def main(requests: int, load: int, poll_interval: float) -> None:
             )
             async with running_stack(client, settings, api_key, providers) as gateway:
                 probes = variants(client, gateway, poll_interval)
-                for condition in ("idle", f"load {load}"):
+                for condition in ("idle", f"load {load}") if load else ("idle",):
                     async with AsyncExitStack() as loaded:
                         if condition != "idle":
                             await loaded.enter_async_context(
@@ -283,7 +290,7 @@ async def main(requests: int, load: int, poll_interval: float) -> None:
                         for name, probe in probes.items():
                             p50, p95 = await latencies(probe, requests)
                             print(
-                                f"{providers:>9} {condition:10} {name:18} {p50:8.1f} {p95:8.1f} "
+                                f"{providers:>9} {condition:10} {name:19} {p50:8.1f} {p95:8.1f} "
                                 f"{os.getloadavg()[0]:7.1f}",
                                 flush=True,
                             )
@@ -292,7 +299,31 @@ async def main(requests: int, load: int, poll_interval: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--load", type=int, default=20, help="sagas kept running at once")
+    parser.add_argument(
+        "--load", type=int, default=20, help="sagas kept running at once; 0: idle only"
+    )
     parser.add_argument("--poll-interval", type=float, default=0.05, help="seconds")
+    parser.add_argument(
+        "--providers",
+        type=int,
+        action="append",
+        choices=(1, 5),
+        help="Measure only these numbers of providers (repeatable); 1 and 5 by default.",
+    )
+    parser.add_argument(
+        "--step-mode",
+        choices=("activity", "local"),
+        default="activity",
+        help="ONBOARDING_STEP_MODE of the worker: each step a (local) activity",
+    )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.requests, arguments.load, arguments.poll_interval))
+    # The loop `nexpo-workflows dev` runs on.
+    eventloop.run(
+        main(
+            arguments.requests,
+            arguments.load,
+            arguments.poll_interval,
+            arguments.providers or [1, 5],
+            arguments.step_mode,
+        )
+    )

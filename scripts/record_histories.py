@@ -88,7 +88,7 @@ from nexpo_workflows.replication.models import ReplicateInput
 from nexpo_workflows.replication.workflow import ReplicateObjectWorkflow
 from nexpo_workflows.services import Services
 from nexpo_workflows.storage import enabled_stores
-from nexpo_workflows.sync.models import CaptureMode, SyncInput, SyncResult, SyncStatus
+from nexpo_workflows.sync.models import CaptureMode, SyncInput, SyncPhase, SyncResult, SyncStatus
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 from nexpo_workflows.users.models import (
     OffboardingInput,
@@ -621,6 +621,18 @@ async def decision_approved(lab: Lab, workflow_id: str) -> None:
     expect(result.action_executed == "refund", f"{workflow_id}: {result}")
 
 
+async def two_users(providers: dict[str, DatabaseProvider]) -> None:
+    """Users 1 and 2, and only them, in PostgreSQL."""
+    await providers["postgres"].connect()
+    engine = providers["postgres"].sql_source()
+    assert engine is not None
+    async with (await engine.ready_engine()).begin() as connection:
+        await connection.execute(text("DELETE FROM nexpo_users"))
+    for user in (1, 2):
+        record = onboarding(user).to_record("", datetime(2026, 1, user, tzinfo=UTC))
+        await providers["postgres"].create_user(record)
+
+
 async def sync_users(
     lab: Lab, workflow_id: str, capture: CaptureMode = CaptureMode.LOG
 ) -> SyncResult:
@@ -629,14 +641,7 @@ async def sync_users(
     settings = lab.settings.model_copy(update={"sync_batch_size": 1, "sync_capture": capture})
     lab = Lab(lab.client, settings, lab.task_queue)
     async with lab.worker() as providers:
-        await providers["postgres"].connect()
-        engine = providers["postgres"].sql_source()
-        assert engine is not None
-        async with (await engine.ready_engine()).begin() as connection:
-            await connection.execute(text("DELETE FROM nexpo_users"))
-        for user in (1, 2):
-            record = onboarding(user).to_record("", datetime(2026, 1, user, tzinfo=UTC))
-            await providers["postgres"].create_user(record)
+        await two_users(providers)
         result: SyncResult = await lab.client.execute_workflow(
             DataSyncWorkflow.run,
             SyncInput(dataset="users", full=True),
@@ -670,6 +675,43 @@ async def sync_log_copy_then_changes(lab: Lab, workflow_id: str) -> str:
             DataSyncWorkflow.run, SyncInput(dataset="users"), id=own_id, task_queue=lab.task_queue
         )
     expect(result.progress.rows_synced == 1 and result.progress.rows_deleted == 1, f"{result}")
+    return own_id
+
+
+@case("DataSyncWorkflow", "follow_then_stop")
+async def sync_follow_then_stop(lab: Lab, workflow_id: str) -> str:
+    """A follow run: the copy of the table, an insert streamed while it follows, idle looks,
+    then the stop signal (its position recorded)."""
+    own_id = sync_workflow_id("users")
+    settings = lab.settings.model_copy(
+        update={"sync_batch_size": 1, "sync_follow_poll_seconds": 0.2}
+    )
+    lab = Lab(lab.client, settings, lab.task_queue)
+    async with lab.worker() as providers:
+        await two_users(providers)
+        handle = await lab.client.start_workflow(
+            DataSyncWorkflow.run,
+            SyncInput(dataset="users", full=True, follow=True),
+            id=own_id,
+            task_queue=lab.task_queue,
+        )
+
+        async def reached(rows: int) -> None:
+            for _ in range(300):
+                progress = await handle.query(DataSyncWorkflow.progress)
+                if progress.rows_synced == rows and progress.phase is SyncPhase.WAITING:
+                    return
+                await asyncio.sleep(0.1)
+            raise RecordingError(f"{own_id}: not {rows} rows synced: {progress}")
+
+        await reached(2)
+        await providers["postgres"].create_user(
+            onboarding(3).to_record("", datetime(2026, 1, 3, tzinfo=UTC))
+        )
+        await reached(3)
+        await handle.signal(DataSyncWorkflow.stop)
+        result: SyncResult = await handle.result()
+    expect(result.status is SyncStatus.STOPPED and result.progress.rows_synced == 3, f"{result}")
     return own_id
 
 

@@ -243,6 +243,14 @@ class Settings(BaseSettings):
     sync_repair_attempts: int = Field(default=2, ge=0)
     # How long one step may keep retrying (a target down) before the run fails.
     sync_step_deadline_seconds: float = Field(default=900.0, gt=0)
+    sync_follow_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="A follow run (`sync run DATASET --follow`): seconds it waits, when the "
+        "source has nothing new, before it looks again; the lag of a change made while it is "
+        "idle is at most about this plus one micro-batch.",
+    )
     # WAL bytes a dataset's replication slot may keep on its PostgreSQL source before the sync
     # status warns (and logs): a sync paused or gone keeps WAL until its slot is dropped.
     sync_slot_lag_warn_bytes: int = Field(default=1 << 30, gt=0)

@@ -156,22 +156,22 @@ class _InProcessRun:
         while True:
             time_left = None if deadline is None else max(deadline - loop.time(), 0.0)
             limits = [t for t in (_seconds(attempt_timeout), time_left) if t is not None]
+            scope = asyncio.timeout(min(limits) if limits else None)
             try:
-                return await asyncio.wait_for(
-                    self._attempt(fn, name, activity_id, attempt, arg, options),
-                    min(limits) if limits else None,
-                )
+                async with scope:
+                    return await self._attempt(fn, name, activity_id, attempt, arg, options)
             except FailureError as error:
                 failure: FailureError = error
-            except TimeoutError:
-                failure = ActivityTimeoutError(
-                    "activity timed out",
-                    type=TimeoutType.START_TO_CLOSE,
-                    last_heartbeat_details=[],
-                )
-            except Exception as error:  # what a worker reports of any other exception
-                failure = ApplicationError(str(error), type=type(error).__name__)
-                failure.__cause__ = error
+            except Exception as error:
+                if isinstance(error, TimeoutError) and scope.expired():
+                    failure = ActivityTimeoutError(
+                        "activity timed out",
+                        type=TimeoutType.START_TO_CLOSE,
+                        last_heartbeat_details=[],
+                    )
+                else:  # what a worker reports of any other exception, a timeout of its own too
+                    failure = ApplicationError(str(error), type=type(error).__name__)
+                    failure.__cause__ = error
             delay = _retry_delay(policy, failure, attempt)
             retry_state = _final_state(policy, failure, attempt)
             if retry_state is None and deadline is not None and loop.time() + delay >= deadline:

@@ -3,7 +3,6 @@ mapping of errors to messages and exit codes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from rich.table import Table
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from nexpo_workflows import eventloop
 from nexpo_workflows.config import ConfigError, Settings, load_settings
 from nexpo_workflows.dev_record import next_to_dev_stack, record_path
 from nexpo_workflows.devserver import DevServerError
@@ -86,7 +86,7 @@ def command_settings() -> Settings:
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
-        return asyncio.run(coroutine)
+        return eventloop.run(coroutine)
     except _USER_ERRORS as error:
         fail(str(error), 1)
     except EDGE_ERRORS as error:

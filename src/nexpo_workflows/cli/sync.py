@@ -41,11 +41,13 @@ from nexpo_workflows.sync.runs import (
     CaptureReset,
     SyncAlreadyRunningError,
     SyncFailedError,
+    SyncNotRunningError,
     SyncRunView,
     current_progress,
     reset_capture,
     run_sync_in_process,
     start_sync,
+    stop_sync,
     sync_outcome,
     sync_status,
 )
@@ -104,16 +106,18 @@ def _sync_call(
         return run_async(connected())
     except (DatasetConfigError, CaptureRefusedError) as error:
         fail(str(error), 2)
-    except (SyncAlreadyRunningError, ScheduleNotFoundError) as error:
+    except (SyncAlreadyRunningError, SyncNotRunningError, ScheduleNotFoundError) as error:
         fail(str(error), 1)
 
 
 def _counts(progress: SyncProgress) -> str:
     watermark = progress.watermark
+    lag = progress.lag_seconds
     return (
         f"{progress.rows_seen} rows seen, {progress.rows_synced} synced, "
         f"{progress.rows_quarantined} quarantined, {progress.rows_repaired} repaired"
         + (f", watermark {watermark.version}/{watermark.id}" if watermark else "")
+        + (f", lag {lag:.1f} s" if progress.following and lag is not None else "")
     )
 
 
@@ -194,11 +198,19 @@ def sync_run(
     audit: bool = typer.Option(
         False, help="Write nothing new: verify every range and repair what differs."
     ),
-    wait: bool = typer.Option(True, help="Follow the run with its progress until it ends."),
+    follow: bool = typer.Option(
+        False,
+        help="Do not end when caught up: apply the source's changes as they come, until "
+        "`sync stop`.",
+    ),
+    wait: bool = typer.Option(True, help="Show the run's progress until it ends."),
 ) -> None:
-    """Sync a dataset now; exit 1 when rows still differ after repair (they are named)."""
+    """Sync a dataset now; exit 1 when rows still differ after repair (they are named), or a
+    run of it is going on (a follow run included)."""
+    if follow and audit:
+        fail("--follow and --audit exclude each other: an audit ends by itself", 2)
 
-    options = SyncInput(dataset=dataset, full=full, audit=audit)
+    options = SyncInput(dataset=dataset, full=full, audit=audit, follow=follow)
 
     async def run(client: Client, services: Services) -> SyncResult | str:
         handle = await start_sync(client, services, options)
@@ -206,16 +218,51 @@ def sync_run(
 
     async def run_here(runs: InProcessRuns, services: Services) -> SyncResult:
         refuse_no_wait_in_process(services.settings, wait, "sync run")
+        if follow:
+            fail(
+                "`sync run --follow` needs ENABLE_TEMPORAL=true: a follow run goes on until "
+                "stopped, which only a durable run can",
+                2,
+            )
         return await run_sync_in_process(runs, services, options)
 
     try:
         outcome = _sync_call(dataset, "run", run, in_process_call=run_here)
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+        # Interrupting the display leaves the run following on the workers.
+        fail(f"the run goes on following; `nexpo-workflows sync stop {dataset}` ends it", 130)
     except SyncFailedError as failed:
         if failed.report is not None:
             _print_sync_result(failed.report)
         fail(str(failed), 1)
     if isinstance(outcome, str):
         out.print(f"started workflow {outcome}")
+    else:
+        _print_sync_result(outcome)
+
+
+@sync_app.command("stop")
+def sync_stop(
+    dataset: str,
+    wait: bool = typer.Option(True, help="Wait for the run's result and print it."),
+) -> None:
+    """Stop the dataset's run after its current batch (how a follow run ends): it records what
+    it verified and ends `stopped`. Exit 1 when no run of it is going on."""
+
+    async def stop(client: Client, services: Services) -> SyncResult | str:
+        handle = await stop_sync(client, services, dataset)
+        return await sync_outcome(handle.result()) if wait else handle.id
+
+    try:
+        outcome = _sync_call(dataset, "stop", stop)
+    except SyncFailedError as failed:
+        if failed.report is not None:
+            _print_sync_result(failed.report)
+        fail(str(failed), 1)
+    if isinstance(outcome, str):
+        out.print(f"asked workflow {outcome} to stop")
     else:
         _print_sync_result(outcome)
 

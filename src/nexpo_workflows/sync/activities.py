@@ -60,6 +60,7 @@ from nexpo_workflows.sync.models import (
     OpenCaptureInput,
     PlanSyncInput,
     PositionKind,
+    RecordPositionInput,
     SyncBatchInput,
     SyncPlan,
     TargetMismatch,
@@ -377,9 +378,9 @@ class SyncActivities:
         batch = await self._source(plan).next_batch(after, plan.batch_size)
         if input.record:
             if batch.count == 0:
-                _record_lag(plan, 0.0)
-            elif after is not None:
-                _record_lag(plan, max(time.time() - after.version / 1_000_000, 0.0))
+                return _with_lag(plan, batch, 0.0)
+            if after is not None:
+                return _with_lag(plan, batch, max(time.time() - after.version / 1_000_000, 0.0))
         return batch
 
     async def _detect_in_log(self, input: DetectChangesInput) -> ChangeBatch:
@@ -408,18 +409,44 @@ class SyncActivities:
             await log.confirm(segment.end)
             segment = await log.read(limit=plan.batch_size, upto=input.until)
         oldest = segment.oldest_commit
+        lag = None
         if oldest is not None:
-            _record_lag(plan, max((datetime.now(UTC) - oldest).total_seconds(), 0.0))
+            lag = max((datetime.now(UTC) - oldest).total_seconds(), 0.0)
         elif segment.end is None:
-            _record_lag(plan, 0.0)  # caught up; a log without commit times leaves it unknown
+            lag = 0.0  # caught up; a log without commit times leaves it unknown
         start = Watermark(kind=PositionKind.LOG, version=segment.start)
         if segment.end is None:
-            return ChangeBatch(after=start, last=None, count=0)
-        return ChangeBatch(
+            return _with_lag(plan, ChangeBatch(after=start, last=None, count=0), lag)
+        batch = ChangeBatch(
             after=start,
             last=Watermark(kind=PositionKind.LOG, version=segment.end),
             count=len(segment.changes),
         )
+        return _with_lag(plan, batch, lag)
+
+    @activity.defn(name="record_position")
+    async def record_position(self, input: RecordPositionInput) -> None:
+        """Record ``after`` as verified, as ``detect_changes`` does before it reads on: the
+        watermark, the copy's last key, or the log confirmed up to it (idempotent: a log never
+        moves backwards, a stored position is overwritten with the same one)."""
+        plan, after = input.plan, input.after
+        try:
+            if after.kind is PositionKind.LOG:
+                await self._log(plan).confirm(after.version)
+            elif after.kind is PositionKind.SNAPSHOT:
+                _, state = await self._load_state(plan)
+                if state is not None and state.version == after.version:
+                    state.after = after.id
+                    await self._save_snapshot(plan, state)
+            else:
+                await self._save_state(
+                    plan,
+                    DatasetRecord(id=plan.dataset, version=after.version, data={"id": after.id}),
+                )
+        except (SourceConfigError, CaptureRefusedError) as error:
+            raise _refusal(error) from error
+        except ProviderUnavailableError as error:
+            raise _unavailable(error) from error
 
     async def _copy_batch(
         self, plan: SyncPlan, after: Watermark, until: str | None
@@ -664,6 +691,7 @@ class SyncActivities:
             self.load_watermark,
             self.open_capture,
             self.detect_changes,
+            self.record_position,
             self.validate_data,
             self.sync_to_providers,
             self.verify_sync,
@@ -710,6 +738,12 @@ def _checksum_of(
     return KeysChecksum(
         len(present), sum(row_hash(key, version, deleted) for key, (version, deleted) in present)
     )
+
+
+def _with_lag(plan: SyncPlan, batch: ChangeBatch, lag: float | None) -> ChangeBatch:
+    """The batch with the lag found with it, also set on the ``sync_lag_seconds`` gauge."""
+    _record_lag(plan, lag)
+    return batch if lag is None else batch.model_copy(update={"lag_seconds": round(lag, 3)})
 
 
 def _record_lag(plan: SyncPlan, lag: float | None) -> None:

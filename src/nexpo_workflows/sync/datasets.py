@@ -114,6 +114,7 @@ def plan_dataset(settings: Settings, enabled: list[str], name: str) -> SyncPlan:
         repair_attempts=settings.sync_repair_attempts,
         batches_per_run=settings.sync_batches_per_run,
         step_deadline_seconds=settings.sync_step_deadline_seconds,
+        follow_poll_seconds=settings.sync_follow_poll_seconds,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
@@ -86,6 +86,8 @@ class SyncPlan(BaseModel):
     repair_attempts: int
     batches_per_run: int
     step_deadline_seconds: float
+    # A follow run: how long it waits when the source has nothing new before it looks again.
+    follow_poll_seconds: float = 0.5
 
 
 class SyncInput(BaseModel):
@@ -95,8 +97,17 @@ class SyncInput(BaseModel):
     # Write nothing first: verify every range from the start and repair what differs (a
     # target edited behind the sync's back); the stored watermark stays where it is.
     audit: bool = False
+    # Never end on its own: tail the change stream, applying micro-batches as they come, until
+    # stopped (the ``stop`` signal: `sync stop`, POST /api/sync/{dataset}/stop).
+    follow: bool = False
     # Set by the workflow itself when it continues as new.
     carry: SyncProgress | None = None
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> SyncInput:
+        if self.follow and self.audit:
+            raise ValueError("follow and audit exclude each other: an audit ends by itself")
+        return self
 
 
 class PlanSyncInput(BaseModel):
@@ -110,6 +121,14 @@ class LoadWatermarkInput(BaseModel):
 class SaveWatermarkInput(BaseModel):
     plan: SyncPlan
     watermark: Watermark
+
+
+class RecordPositionInput(BaseModel):
+    """Record ``after`` as verified (what ``detect_changes`` does first) without reading on:
+    the end of a stopped run."""
+
+    plan: SyncPlan
+    after: Watermark
 
 
 class OpenCaptureInput(BaseModel):
@@ -159,6 +178,9 @@ class ChangeBatch(BaseModel):
     # the table) and quarantined its invalid rows: the workflow skips the validation step
     # and passes the batch on without it.
     checked: ValidationOutcome | None = None
+    # How far the targets trail the source when it was found: the age of the oldest change not
+    # yet verified, 0 when nothing is pending (None: unknown).
+    lag_seconds: float | None = None
 
     @property
     def kind(self) -> PositionKind:
@@ -214,6 +236,8 @@ class SyncPhase(StrEnum):
     SYNCING = "syncing"
     VERIFYING = "verifying"
     REPAIRING = "repairing"
+    # A follow run that has caught up, waiting to look again.
+    WAITING = "waiting"
     DONE = "done"
     FAILED = "failed"
 
@@ -231,6 +255,10 @@ class SyncProgress(BaseModel):
     # Log capture: the position this run ends at (see CaptureStart).
     until: int | None = None
     runs: int = 1
+    # A follow run: whether it tails the source, and how far the targets trail it at the last
+    # look (seconds; see ChangeBatch.lag_seconds).
+    following: bool = False
+    lag_seconds: float | None = None
 
 
 class SyncStatus(StrEnum):
@@ -238,6 +266,8 @@ class SyncStatus(StrEnum):
     FAILED = "failed"
     # A scheduled start that found a run of the dataset going on.
     SKIPPED = "skipped"
+    # Stopped on request (the ``stop`` signal), after its current batch: a follow run's end.
+    STOPPED = "stopped"
 
 
 class SyncResult(BaseModel):

@@ -56,6 +56,12 @@ class SyncAlreadyRunningError(Exception):
         super().__init__(f"a sync of {dataset} is running: workflow {self.workflow_id}")
 
 
+class SyncNotRunningError(Exception):
+    def __init__(self, dataset: str) -> None:
+        self.workflow_id = sync_workflow_id(dataset)
+        super().__init__(f"no sync of {dataset} is running (workflow {self.workflow_id})")
+
+
 class SyncFailedError(Exception):
     """A run that ended with rows still differing on a target (its report), or otherwise."""
 
@@ -156,6 +162,28 @@ async def start_sync(
         )
     except WorkflowAlreadyStartedError:
         raise SyncAlreadyRunningError(input.dataset) from None
+
+
+async def stop_sync(
+    client: Client, services: Services, dataset: str
+) -> WorkflowHandle[DataSyncWorkflow, SyncResult]:
+    """Ask the dataset's run to end after its current batch (a follow run's way to end; a
+    one-shot run ends early, its position recorded, and the next run goes on from there).
+    Raises UnknownDatasetError for an unknown dataset, SyncNotRunningError when no run of it
+    is going on."""
+    find_dataset(services.settings, dataset)
+    description = await _describe(client, dataset)
+    if description is None or description.status is not WorkflowExecutionStatus.RUNNING:
+        raise SyncNotRunningError(dataset)
+    # No run id: after a continue-as-new the signal reaches the latest run.
+    handle = client.get_workflow_handle_for(DataSyncWorkflow.run, sync_workflow_id(dataset))
+    try:
+        await handle.signal(DataSyncWorkflow.stop)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:  # it ended meanwhile
+            raise SyncNotRunningError(dataset) from None
+        raise
+    return handle
 
 
 async def current_progress(client: Client, dataset: str) -> SyncProgress | None:

@@ -6,11 +6,19 @@ watermark) moves only past a verified batch, so a run interrupted anywhere (a wo
 target down) resumes from the last verified batch: every step is idempotent and a batch is
 rewritten whole, hence no duplicate and no gap. Runs continue as new every
 ``batches_per_run`` batches, so history stays bounded whatever the number of rows.
+
+A follow run (``SyncInput.follow``) does not end when it has caught up: it reads the log (or
+polls) with no end position, waits ``follow_poll_seconds`` whenever nothing is new, and applies
+each micro-batch with the same steps. Its empty looks count toward ``batches_per_run`` too, so
+an idle follow run's history stays bounded as well. The ``stop`` signal ends any run after its
+current batch: the position is recorded as verified (``record_position``) and the run returns
+``stopped``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +38,8 @@ with workflow.unsafe.imports_passed_through():
         LoadWatermarkInput,
         OpenCaptureInput,
         PlanSyncInput,
+        PositionKind,
+        RecordPositionInput,
         SyncBatchInput,
         SyncInput,
         SyncPhase,
@@ -76,15 +86,23 @@ class DataSyncWorkflow:
             else SyncProgress(dataset=input.dataset)
         )
         self._plan: SyncPlan | None = None
+        self._stop = False
 
     @workflow.query(name="progress")
     def progress(self) -> SyncProgress:
         return self._progress
 
+    @workflow.signal(name="stop")
+    def stop(self) -> None:
+        """End the run after its current batch, its position recorded (a follow run's end)."""
+        self._stop = True
+
     @workflow.run
     async def run(self, input: SyncInput) -> SyncResult:
         if execution.workflow_id() != sync_workflow_id(input.dataset):
             return await self._run_as_the_dataset_run(input)
+        if input.follow and not execution.durable():
+            raise execution.needs_temporal("a follow run (it goes on until stopped)")
         try:
             plan: SyncPlan = await execution.execute_activity(
                 "plan_sync",
@@ -102,13 +120,17 @@ class DataSyncWorkflow:
             start: CaptureStart = await self._step(
                 "open_capture", OpenCaptureInput(plan=plan, full=input.full), CaptureStart
             )
-            progress.watermark, progress.until = start.after, start.until
+            progress.watermark = start.after
+            progress.until = None if input.follow else start.until
         elif input.carry is None and not (input.full or input.audit):
             progress.watermark = await self._step(
                 "load_watermark", LoadWatermarkInput(plan=plan), Watermark | None
             )
+        progress.following = input.follow
         batches_this_run = 0
         while True:
+            if self._stop:
+                return await self._stopped(plan, record=not input.audit)
             # A run in this process has no history to bound: it goes on in one piece.
             if execution.durable() and (
                 batches_this_run >= plan.batches_per_run or execution.continue_as_new_suggested()
@@ -126,8 +148,14 @@ class DataSyncWorkflow:
                 ),
                 ChangeBatch,
             )
+            if input.follow:
+                progress.lag_seconds = batch.lag_seconds
             if batch.count == 0:
-                break
+                if not input.follow:
+                    break
+                await self._idle(plan, batch)
+                batches_this_run += 1
+                continue
             await self._sync_batch(plan, batch, audit=input.audit)
             batches_this_run += 1
         progress.phase = SyncPhase.DONE
@@ -139,6 +167,36 @@ class DataSyncWorkflow:
             progress.rows_repaired,
         )
         return SyncResult(dataset=input.dataset, status=SyncStatus.COMPLETED, progress=progress)
+
+    async def _idle(self, plan: SyncPlan, batch: ChangeBatch) -> None:
+        """A follow run caught up: look again after the poll interval, or at once when
+        stopped."""
+        progress = self._progress
+        if batch.after is not None and batch.after.kind is PositionKind.LOG:
+            # The copy of the table is done: the next look starts in the log, where this one
+            # did (already confirmed), not in the copy again.
+            progress.watermark = batch.after
+        progress.phase = SyncPhase.WAITING
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._stop, timeout=timedelta(seconds=plan.follow_poll_seconds)
+            )
+
+    async def _stopped(self, plan: SyncPlan, *, record: bool) -> SyncResult:
+        """End on ``stop``: what the last batch verified is recorded (the log confirmed up to
+        it; not in an audit), so the next run starts right after it."""
+        progress = self._progress
+        if record and progress.watermark is not None:
+            await self._step(
+                "record_position",
+                RecordPositionInput(plan=plan, after=progress.watermark),
+                type(None),
+            )
+        progress.phase = SyncPhase.DONE
+        execution.logger().info(
+            "sync %s: stopped; %d rows synced", plan.dataset, progress.rows_synced
+        )
+        return SyncResult(dataset=plan.dataset, status=SyncStatus.STOPPED, progress=progress)
 
     async def _run_as_the_dataset_run(self, input: SyncInput) -> SyncResult:
         """A scheduled start (its id has the schedule's suffix): run under the dataset's one

@@ -93,8 +93,8 @@ class UserOnboardingWorkflow:
         name=OUTCOME_WHEN_FINISHED, unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON
     )
     async def outcome_when_finished(self) -> SagaResult:
-        """The saga's outcome once it has finished, completed or rolled back: what
-        ``POST /api/users?wait=true`` sends with the start (update-with-start)."""
+        """The saga's outcome once it has finished, completed or rolled back: for a caller
+        on Temporal that starts the saga with this update (update-with-start)."""
         await workflow.wait_condition(lambda: self._result is not None)
         assert self._result is not None
         return self._result

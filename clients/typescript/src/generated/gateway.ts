@@ -300,10 +300,14 @@ export interface paths {
         /**
          * Start Dataset Sync
          * @description Start DataSyncWorkflow for the dataset (`full`: ignore the watermark; `audit`: verify
-         *     and repair every range, write nothing else).
+         *     and repair every range, write nothing else; `follow`: do not end when caught up, apply
+         *     the source's changes as they come until `POST /api/sync/{dataset}/stop`). While a run of
+         *     the dataset goes on, a follow run included, another start is 409 and a scheduled start
+         *     ends `skipped`.
          *
          *     ENABLE_TEMPORAL=false: the same run is done in this process (one-shot, not durable) and
-         *     the answer is its result; rows still differing after repair answer 503 with the report.
+         *     the answer is its result; rows still differing after repair answer 503 with the report;
+         *     `follow` is 409 (only a durable run can go on until stopped).
          */
         post: operations["start_dataset_sync_api_sync__dataset__post"];
         delete?: never;
@@ -402,6 +406,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/sync/{dataset}/stop": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stop Dataset Sync
+         * @description Stop the dataset's run after its current batch (how a follow run ends): the run
+         *     records what it verified and ends `stopped`; `GET /api/sync/{dataset}` shows its result
+         *     once it has.
+         */
+        post: operations["stop_dataset_sync_api_sync__dataset__stop_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/users": {
         parameters: {
             query?: never;
@@ -416,8 +442,8 @@ export interface paths {
          * @description Create the user in every enabled database, or in none.
          *
          *     ENABLE_TEMPORAL=true: starts UserOnboardingWorkflow and answers 202; with ``wait=true``
-         *     answers once it has finished (201 or its failure), in one request to Temporal
-         *     (update-with-start), or 202 if it still runs after ONBOARDING_WAIT_SECONDS. false: runs
+         *     answers once it has finished (201 or its failure), started eagerly and awaited on
+         *     Temporal, or 202 if it still runs after ONBOARDING_WAIT_SECONDS. false: runs
          *     the same saga in this process (not durable) and answers 201 with the user.
          */
         post: operations["create_user_api_users_post"];
@@ -1305,7 +1331,7 @@ export interface components {
          * SyncPhase
          * @enum {string}
          */
-        SyncPhase: "planning" | "detecting" | "validating" | "syncing" | "verifying" | "repairing" | "done" | "failed";
+        SyncPhase: "planning" | "detecting" | "validating" | "syncing" | "verifying" | "repairing" | "waiting" | "done" | "failed";
         /** SyncProgress */
         SyncProgress: {
             /**
@@ -1318,6 +1344,13 @@ export interface components {
              * @default
              */
             dataset?: string;
+            /**
+             * Following
+             * @default false
+             */
+            following?: boolean;
+            /** Lag Seconds */
+            lag_seconds?: number | null;
             /** @default planning */
             phase?: components["schemas"]["SyncPhase"];
             /**
@@ -1361,6 +1394,11 @@ export interface components {
              * @default false
              */
             audit?: boolean;
+            /**
+             * Follow
+             * @default false
+             */
+            follow?: boolean;
             /**
              * Full
              * @default false
@@ -1424,7 +1462,7 @@ export interface components {
          * SyncStatus
          * @enum {string}
          */
-        SyncStatus: "completed" | "failed" | "skipped";
+        SyncStatus: "completed" | "failed" | "skipped" | "stopped";
         /** TargetMismatch */
         TargetMismatch: {
             /** Ids */
@@ -2631,6 +2669,51 @@ export interface operations {
                 };
             };
             /** @description No such dataset, or it has no schedule */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description A dependency (temporal, database, object store) is down, or too many passwords wait to be hashed; the body names it, Retry-After says when to try again */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    stop_dataset_sync_api_sync__dataset__stop_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                dataset: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowAccepted"];
+                };
+            };
+            /** @description No such dataset, or no run of it is going on */
             404: {
                 headers: {
                     [name: string]: unknown;

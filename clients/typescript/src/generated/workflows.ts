@@ -586,6 +586,11 @@ export interface components {
             /** Dataset */
             dataset: string;
             /**
+             * Follow
+             * @default false
+             */
+            follow?: boolean;
+            /**
              * Full
              * @default false
              */
@@ -595,7 +600,7 @@ export interface components {
          * SyncPhase
          * @enum {string}
          */
-        SyncPhase: "planning" | "detecting" | "validating" | "syncing" | "verifying" | "repairing" | "done" | "failed";
+        SyncPhase: "planning" | "detecting" | "validating" | "syncing" | "verifying" | "repairing" | "waiting" | "done" | "failed";
         /** SyncProgress */
         "SyncProgress-Input": {
             /**
@@ -608,6 +613,16 @@ export interface components {
              * @default
              */
             dataset?: string;
+            /**
+             * Following
+             * @default false
+             */
+            following?: boolean;
+            /**
+             * Lag Seconds
+             * @default null
+             */
+            lag_seconds?: number | null;
             /** @default planning */
             phase?: components["schemas"]["SyncPhase"];
             /**
@@ -660,6 +675,16 @@ export interface components {
              * @default
              */
             dataset: string;
+            /**
+             * Following
+             * @default false
+             */
+            following: boolean;
+            /**
+             * Lag Seconds
+             * @default null
+             */
+            lag_seconds: number | null;
             /** @default planning */
             phase: components["schemas"]["SyncPhase"];
             /**
@@ -713,7 +738,7 @@ export interface components {
          * SyncStatus
          * @enum {string}
          */
-        SyncStatus: "completed" | "failed" | "skipped";
+        SyncStatus: "completed" | "failed" | "skipped" | "stopped";
         /** TargetMismatch */
         TargetMismatch: {
             /** Ids */

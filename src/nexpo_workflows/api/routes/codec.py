@@ -32,7 +32,7 @@ class CodecPayloads(BaseModel):
     payloads: list[dict[str, Any]]
 
 
-def get_codec(state: StateDep) -> PayloadCodec:
+async def get_codec(state: StateDep) -> PayloadCodec:
     codec = data_converter(state.services.settings).payload_codec
     if codec is None:
         raise HTTPException(

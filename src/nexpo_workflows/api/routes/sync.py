@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
-from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, model_validator
 
 from nexpo_workflows.api.deps import (
     IN_PROCESS_DESCRIPTION,
@@ -23,10 +23,12 @@ from nexpo_workflows.sync.runs import (
     CaptureReset,
     SyncAlreadyRunningError,
     SyncFailedError,
+    SyncNotRunningError,
     SyncRunView,
     reset_capture,
     run_sync_in_process,
     start_sync,
+    stop_sync,
     sync_status,
 )
 from nexpo_workflows.sync.schedules import (
@@ -53,6 +55,14 @@ class SyncRequest(BaseModel):
 
     full: bool = False
     audit: bool = False
+    # A long-running run that tails the source's changes until stopped (POST .../stop).
+    follow: bool = False
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> SyncRequest:
+        if self.follow and self.audit:
+            raise ValueError("follow and audit exclude each other: an audit ends by itself")
+        return self
 
 
 def _interval(value: object) -> timedelta:
@@ -79,7 +89,7 @@ async def _answer(call: Awaitable[T]) -> T:
     dependencies answers it)."""
     try:
         return await call
-    except (UnknownDatasetError, ScheduleNotFoundError) as error:
+    except (UnknownDatasetError, ScheduleNotFoundError, SyncNotRunningError) as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except (DatasetConfigError, CaptureRefusedError) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, {"message": str(error)}) from None
@@ -113,13 +123,27 @@ async def start_dataset_sync(
     body: Annotated[SyncRequest | None, Body()] = None,
 ) -> Any:
     """Start DataSyncWorkflow for the dataset (`full`: ignore the watermark; `audit`: verify
-    and repair every range, write nothing else).
+    and repair every range, write nothing else; `follow`: do not end when caught up, apply
+    the source's changes as they come until `POST /api/sync/{dataset}/stop`). While a run of
+    the dataset goes on, a follow run included, another start is 409 and a scheduled start
+    ends `skipped`.
 
     ENABLE_TEMPORAL=false: the same run is done in this process (one-shot, not durable) and
-    the answer is its result; rows still differing after repair answer 503 with the report."""
+    the answer is its result; rows still differing after repair answer 503 with the report;
+    `follow` is 409 (only a durable run can go on until stopped)."""
     options = body or SyncRequest()
-    input = SyncInput(dataset=dataset, full=options.full, audit=options.audit)
+    input = SyncInput(
+        dataset=dataset, full=options.full, audit=options.audit, follow=options.follow
+    )
     if state.client is None:
+        if input.follow:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                {
+                    "message": "a follow run needs ENABLE_TEMPORAL=true: it goes on until "
+                    "stopped, which only a durable run can"
+                },
+            )
         try:
             result = await _answer(run_sync_in_process(state.in_process, state.services, input))
         except SyncFailedError as error:
@@ -129,6 +153,22 @@ async def start_dataset_sync(
             ) from None
         return in_process_result(result)
     handle = await _answer(start_sync(state.client, state.services, input))
+    return accepted(request, handle.id)
+
+
+@router.post(
+    "/{dataset}/stop",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WorkflowAccepted,
+    responses={404: {"description": "No such dataset, or no run of it is going on"}},
+)
+async def stop_dataset_sync(
+    dataset: DatasetPath, request: Request, client: ClientDep, state: StateDep
+) -> Any:
+    """Stop the dataset's run after its current batch (how a follow run ends): the run
+    records what it verified and ends `stopped`; `GET /api/sync/{dataset}` shows its result
+    once it has."""
+    handle = await _answer(stop_sync(client, state.services, dataset))
     return accepted(request, handle.id)
 
 

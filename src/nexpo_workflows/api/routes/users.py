@@ -100,8 +100,8 @@ async def create_user(
     """Create the user in every enabled database, or in none.
 
     ENABLE_TEMPORAL=true: starts UserOnboardingWorkflow and answers 202; with ``wait=true``
-    answers once it has finished (201 or its failure), in one request to Temporal
-    (update-with-start), or 202 if it still runs after ONBOARDING_WAIT_SECONDS. false: runs
+    answers once it has finished (201 or its failure), started eagerly and awaited on
+    Temporal, or 202 if it still runs after ONBOARDING_WAIT_SECONDS. false: runs
     the same saga in this process (not durable) and answers 201 with the user.
     """
     settings = state.services.settings
