@@ -20,7 +20,8 @@ HEARTBEAT_SECONDS = 2.0
 async def heartbeating(*details: object) -> AsyncIterator[None]:
     """Heartbeat every HEARTBEAT_SECONDS (with ``details``) until the block ends; outside an
     activity (a direct call), do nothing."""
-    if not activity.in_activity():
+    if not activity.in_activity() or activity.info().is_local:
+        # A local activity has no heartbeat: its workflow task's timeout stands for it.
         yield
         return
 
