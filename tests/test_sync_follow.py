@@ -117,6 +117,23 @@ async def still_running(client: Client) -> bool:
     return described.status is WorkflowExecutionStatus.RUNNING
 
 
+async def stream_inserts(source: Source, stop: asyncio.Event) -> int:
+    """Five new rows per transaction every 20 ms until ``stop``; how many it inserted."""
+    connection = await asyncpg.connect(source.url)
+    serial = 0
+    try:
+        while not stop.is_set():
+            await connection.executemany(
+                "INSERT INTO items (id, name, price, updated_at) VALUES ($1, 'new', 2, $2)",
+                [(f"stream-{serial}-{n}", source.tick()) for n in range(5)],
+            )
+            serial += 1
+            await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
+    return serial * 5
+
+
 async def test_changes_made_while_following_reach_the_target_verified_without_a_new_run(
     client: Client, follow_settings: Settings, source: Source
 ) -> None:
@@ -241,26 +258,11 @@ async def test_stop_ends_after_the_current_batch_with_nothing_half_applied(
     await source.insert(20)
     stop = asyncio.Event()
 
-    async def writer() -> int:
-        connection = await asyncpg.connect(source.url)
-        serial = 0
-        try:
-            while not stop.is_set():
-                await connection.executemany(
-                    "INSERT INTO items (id, name, price, updated_at) VALUES ($1, 'new', 2, $2)",
-                    [(f"stream-{serial}-{n}", source.tick()) for n in range(5)],
-                )
-                serial += 1
-                await asyncio.sleep(0.02)
-        finally:
-            await connection.close()
-        return serial * 5
-
     async with following(client, follow_settings) as (services, handle):
         # The copy of the table first: a row inserted while it runs may be both copied and
         # streamed, and counted twice (written twice, idempotently).
         await eventually(lambda: progress_of(handle, lambda p: p.rows_synced == 20))
-        streaming = asyncio.ensure_future(writer())
+        streaming = asyncio.ensure_future(stream_inserts(source, stop))
         await eventually(lambda: progress_of(handle, lambda p: p.rows_synced > 60))
         outcome = await (await stop_sync(client, services, DATASET)).result()
         stop.set()
@@ -435,20 +437,6 @@ async def test_a_worker_killed_while_following_is_replaced_and_nothing_is_lost(
     await source.insert(20)
     stop = asyncio.Event()
 
-    async def writer() -> None:
-        connection = await asyncpg.connect(source.url)
-        serial = 0
-        try:
-            while not stop.is_set():
-                await connection.executemany(
-                    "INSERT INTO items (id, name, price, updated_at) VALUES ($1, 'new', 2, $2)",
-                    [(f"stream-{serial}-{n}", source.tick()) for n in range(5)],
-                )
-                serial += 1
-                await asyncio.sleep(0.02)
-        finally:
-            await connection.close()
-
     handle = client.get_workflow_handle_for(DataSyncWorkflow.run, sync_workflow_id(DATASET))
     try:
         async with worker_process(cli, env, TEMPORAL_WORKER_IDENTITY="doomed") as doomed:
@@ -458,7 +446,7 @@ async def test_a_worker_killed_while_following_is_replaced_and_nothing_is_lost(
                 id=sync_workflow_id(DATASET),
                 task_queue=follow_settings.temporal_task_queue,
             )
-            streaming = asyncio.ensure_future(writer())
+            streaming = asyncio.ensure_future(stream_inserts(source, stop))
             await eventually(lambda: progress_of(handle, lambda p: p.rows_synced > 100), 60)
             doomed.send_signal(signal.SIGKILL)
             await doomed.wait()

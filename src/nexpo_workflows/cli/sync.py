@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -181,6 +181,13 @@ def _print_sync_result(result: SyncResult) -> None:
         out.print(table)
 
 
+def _fail_with_report(failed: SyncFailedError) -> NoReturn:
+    """A run that failed: its report (the rows still differing) when it has one, exit 1."""
+    if failed.report is not None:
+        _print_sync_result(failed.report)
+    fail(str(failed), 1)
+
+
 def _print_schedule(view: SyncScheduleView) -> None:
     upcoming = f", next run {view.next_runs[0]:%Y-%m-%d %H:%M:%S %Z}" if view.next_runs else ""
     state = "paused" if view.paused else "active"
@@ -234,9 +241,7 @@ def sync_run(
         # Interrupting the display leaves the run following on the workers.
         fail(f"the run goes on following; `nexpo-workflows sync stop {dataset}` ends it", 130)
     except SyncFailedError as failed:
-        if failed.report is not None:
-            _print_sync_result(failed.report)
-        fail(str(failed), 1)
+        _fail_with_report(failed)
     if isinstance(outcome, str):
         out.print(f"started workflow {outcome}")
     else:
@@ -258,9 +263,7 @@ def sync_stop(
     try:
         outcome = _sync_call(dataset, "stop", stop)
     except SyncFailedError as failed:
-        if failed.report is not None:
-            _print_sync_result(failed.report)
-        fail(str(failed), 1)
+        _fail_with_report(failed)
     if isinstance(outcome, str):
         out.print(f"asked workflow {outcome} to stop")
     else:
