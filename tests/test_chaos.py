@@ -212,9 +212,11 @@ async def closed_status(
 
 
 def saga_failure(error: WorkflowFailureError) -> str:
+    """A failed saga's status and why: ``rolled_back:DuplicateEmail``."""
     details = getattr(error.cause, "details", None)
     if details:
-        return str(SagaResult.model_validate(details[0]).status)
+        result = SagaResult.model_validate(details[0])
+        return f"{result.status}:{result.failure_kind}"
     return "failed"
 
 
@@ -331,6 +333,9 @@ async def test_chaos_onboardings_leave_every_user_everywhere_or_nowhere(
     assert duplicates == 0
     assert running == []
     assert everywhere == ONBOARDINGS
-    assert outcomes == {"completed": ONBOARDINGS, "rolled_back": len(emails[::10])}
+    assert outcomes == {
+        "completed": ONBOARDINGS,
+        "rolled_back:DuplicateEmail": len(emails[::10]),
+    }
     assert synced == "completed"
     assert checksums["sqlite"] == checksums["mongodb"] == checksums["postgres"]

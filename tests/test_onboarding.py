@@ -101,8 +101,11 @@ async def test_a_failing_step_leaves_no_trace_anywhere(
     assert result.status is SagaStatus.ROLLED_BACK
     assert result.failure_kind == "SagaTimeout"
     assert statuses(result)[failing] is ProviderStatus.FAILED
+    # The first database is the claim, written alone: when it fails, no other one was started.
+    claim = result.providers[0].provider
+    others = ProviderStatus.NOT_STARTED if failing == claim else ProviderStatus.COMPENSATED
     for other in set(PROVIDERS) - {failing}:
-        assert statuses(result)[other] is ProviderStatus.COMPENSATED
+        assert statuses(result)[other] is others
     assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)
     faulty = used[failing]
     assert isinstance(faulty, FaultyProvider)
@@ -110,17 +113,25 @@ async def test_a_failing_step_leaves_no_trace_anywhere(
     assert faulty.delete_calls >= 1  # and compensated even though it "failed"
 
 
-async def test_a_duplicate_email_fails_at_once_and_leaves_the_other_user_alone(
+async def test_a_duplicate_email_fails_at_its_claim_and_writes_nowhere_else(
     client: Client, saga_settings: Settings
 ) -> None:
+    # The first database of a parallel plan is written alone: a second saga for the email
+    # stops there, so it can never win another database while the first saga is under way.
     first = onboarding()
     async with saga_worker(client, saga_settings):
         await run_saga(client, saga_settings, first)
-        second = first.model_copy(update={"user_id": str(uuid.uuid4())})
+    second = first.model_copy(update={"user_id": str(uuid.uuid4())})
+    watched: dict[str, dict[str, Any]] = {name: {} for name in PROVIDERS}
+    async with saga_worker(client, saga_settings, **watched) as used:
         result = await rolled_back(client, saga_settings, second)
     assert result.failure_kind == "DuplicateEmail"
-    assert all(o.status is ProviderStatus.FAILED for o in result.providers)
-    assert all("exists" in (o.error or "") for o in result.providers)
+    claim, *rest = result.providers
+    assert claim.status is ProviderStatus.FAILED
+    assert "exists" in (claim.error or "")
+    assert all(o.status is ProviderStatus.NOT_STARTED for o in rest)
+    calls = {name: p.create_calls for name, p in used.items() if isinstance(p, FaultyProvider)}
+    assert calls == {name: int(name == claim.provider) for name in PROVIDERS}
     assert await stored(saga_settings, result.user_id) == dict.fromkeys(PROVIDERS)
     kept = await stored(saga_settings, str(first.user_id))
     assert all(record is not None for record in kept.values())

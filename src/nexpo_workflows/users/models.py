@@ -82,6 +82,11 @@ class SagaPlan(BaseModel):
     steps: list[ProviderStep]
     step_mode: StepMode
     parallel: bool
+    # In a parallel plan, the first provider is written alone before the others: its unique
+    # email index decides which of two sagas for one email goes on. Written all at once, two
+    # rivals could each win a different database and both roll back. Plans recorded before
+    # this existed read False and replay as they ran.
+    claim_first: bool = False
     timeout_seconds: float
     step_timeout_seconds: float
     compensation_attempts: int

@@ -48,8 +48,15 @@ class SagaSteps(Protocol):
         StepFailedError when it gives up."""
 
 
-def _groups(plan: SagaPlan) -> list[list[ProviderStep]]:
-    return [list(plan.steps)] if plan.parallel else [[step] for step in plan.steps]
+def _groups(plan: SagaPlan, *, claim: bool = False) -> list[list[ProviderStep]]:
+    """The steps that run together, group after group. With ``claim`` (creating a user), a
+    parallel plan that says so writes its first provider alone first (``claim_first``)."""
+    steps = list(plan.steps)
+    if not plan.parallel:
+        return [[step] for step in steps]
+    if claim and plan.claim_first and len(steps) > 1:
+        return [steps[:1], steps[1:]]
+    return [steps]
 
 
 async def _settle(tasks: Sequence[asyncio.Task[Any]]) -> None:
@@ -122,7 +129,7 @@ async def onboard(plan: SagaPlan, user: UserRecord, steps: SagaSteps) -> SagaRes
         outcome.status = ProviderStatus.CREATED
 
     async def create_all() -> str | None:
-        for group in _groups(plan):
+        for group in _groups(plan, claim=True):
             failure = await _run_group([create(step) for step in group])
             if failure is not None:
                 return failure

@@ -77,6 +77,7 @@ def plan_saga(settings: Settings, enabled: list[str], options: SagaOptions) -> S
         ],
         step_mode=options.step_mode or StepMode(settings.onboarding_step_mode),
         parallel=settings.onboarding_parallel if options.parallel is None else options.parallel,
+        claim_first=True,
         timeout_seconds=options.timeout_seconds or settings.onboarding_timeout_seconds,
         step_timeout_seconds=settings.onboarding_step_timeout_seconds,
         compensation_attempts=settings.onboarding_compensation_attempts,
