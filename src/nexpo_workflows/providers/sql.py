@@ -162,11 +162,19 @@ class RecordStatements:
 # SQLite by the function every connection of the provider registers. Engines not named here
 # (SQL Server) read the versions and hash them in Python.
 ROW_HASH_FUNCTION = "nexpo_row_hash"
+
+
+def postgres_row_hash(record_id: str, version: str, deleted: str) -> str:
+    """``row_hash`` as a PostgreSQL expression over three SQL expressions: the id as text, the
+    version as a bigint, the tombstone flag as a boolean."""
+    return (
+        f"('x' || substr(md5({record_id} || ':' || ({version})::text || ':'"
+        f" || CASE WHEN {deleted} THEN '1' ELSE '0' END), 1, 12))::bit(48)::bigint"
+    )
+
+
 _ROW_HASH_SQL = {
-    "postgresql": (
-        "('x' || substr(md5(id || ':' || version::text || ':'"
-        " || CASE WHEN deleted THEN '1' ELSE '0' END), 1, 12))::bit(48)::bigint"
-    ),
+    "postgresql": postgres_row_hash("id", "version", "deleted"),
     "sqlite": f"{ROW_HASH_FUNCTION}(id, version, deleted)",
 }
 # The staging table a PostgreSQL bulk write copies into, then upserts from in one statement.

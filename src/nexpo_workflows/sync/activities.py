@@ -266,10 +266,14 @@ class SyncActivities:
         # Computed here, ahead of the steps that need them when the batch is read ahead: the
         # hashes for the verification (and a write storing them), the JSON text for SQL writes.
         records.hashes()
+        self._encode_for_sql(plan, records)
+        return prepared
+
+    def _encode_for_sql(self, plan: SyncPlan, records: RecordBatch) -> None:
+        """The JSON text of each record, computed ahead when a target is a SQL database."""
         targets = [self._providers.get(target) for target in plan.targets]
         if any(target is not None and target.sql_source() is not None for target in targets):
             records.json_data()
-        return prepared
 
     async def _prepared(self, plan: SyncPlan, batch: ChangeBatch, *, fresh: bool) -> PreparedBatch:
         """The batch as this worker last prepared it, unless ``fresh`` (or it did not)."""
@@ -480,12 +484,48 @@ class SyncActivities:
     async def _read_copy_batch(
         self, plan: SyncPlan, after: Watermark, until: str | None
     ) -> tuple[ChangeBatch, PreparedBatch]:
+        encoded = await self._encoded_copy_batch(plan, after, until)
+        if encoded is not None:
+            return encoded
         rows = await self._source(plan).next_rows(after, plan.batch_size, until)
         if not rows:
             return ChangeBatch(after=after, last=None, count=0), PreparedBatch()
         last = after.model_copy(update={"id": rows[-1].id})
         batch = ChangeBatch(after=after, last=last, count=len(rows))
         return batch, self._checked(plan, rows, [])
+
+    async def _encoded_copy_batch(
+        self, plan: SyncPlan, after: Watermark, until: str | None
+    ) -> tuple[ChangeBatch, PreparedBatch] | None:
+        """The copy's next batch encoded by the source and checked in one call, where the
+        source can and every row passes; None otherwise (then it is read row by row, each
+        failing row quarantined with its reason)."""
+        dataset = self._dataset(plan.dataset)
+        fields = self._validator(plan.dataset).plain_fields
+        if fields is None or dataset.masked:
+            return None
+        encoded = await self._source(plan).encoded_rows(
+            after, plan.batch_size, until, fields, dataset.columns
+        )
+        if encoded is None:
+            return None
+        if not encoded.ids:
+            return ChangeBatch(after=after, last=None, count=0), PreparedBatch()
+        live = self._validator(plan.dataset).encoded_batch(encoded.live)
+        if live is None:
+            return None
+        fields_of = iter(live)
+        records = RecordBatch(
+            ids=encoded.ids,
+            versions=[after.version] * len(encoded.ids),
+            deleted=encoded.deleted,
+            data=[{} if gone else next(fields_of) for gone in encoded.deleted],
+            computed_hashes=encoded.hashes,
+        )
+        self._encode_for_sql(plan, records)
+        last = after.model_copy(update={"id": encoded.ids[-1]})
+        batch = ChangeBatch(after=after, last=last, count=len(encoded.ids))
+        return batch, PreparedBatch(records=records)
 
     @activity.defn(name="validate_data")
     async def validate_data(self, input: BatchInput) -> ValidationOutcome:

@@ -118,11 +118,11 @@ def plan_dataset(settings: Settings, enabled: list[str], name: str) -> SyncPlan:
     )
 
 
-def _plain_fields(model: type[BaseModel]) -> TypeAdapter[list[Any]] | None:
-    """A list of TypedDicts with the model's fields and constraints, when checking a row with
-    it gives exactly what the model gives (no validator, serializer, computed field, alias,
-    default, exclusion or configuration; not a root model): a batch is then checked and dumped
-    without building a model per row, a few times faster. None otherwise."""
+def _plain_fields(model: type[BaseModel]) -> dict[str, Any] | None:
+    """The model's fields with their constraints (name: annotation), when checking a row as a
+    TypedDict of them gives exactly what the model gives (no validator, serializer, computed
+    field, alias, default, exclusion or configuration; not a root model): a batch is then
+    checked and dumped without building a model per row, a few times faster. None otherwise."""
     decorators = model.__pydantic_decorators__
     if (
         any(
@@ -158,8 +158,7 @@ def _plain_fields(model: type[BaseModel]) -> TypeAdapter[list[Any]] | None:
         fields[name] = (
             Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
         )
-    row = TypedDict(f"{model.__name__}Fields", fields)  # type: ignore[misc]
-    return TypeAdapter(list[row])
+    return fields
 
 
 class RowValidator:
@@ -171,8 +170,13 @@ class RowValidator:
         self._rows: TypeAdapter[list[Any]] = (
             TypeAdapter(list[model]) if model is not None else _ANY_ROWS  # type: ignore[valid-type]
         )
-        # The same checks without a model per row, where they are the same (see _plain_fields).
-        self._plain = _plain_fields(model) if model is not None else None
+        # The model's fields (name: annotation) where checking them without a model per row
+        # gives the same (see _plain_fields), and those checks on a list of rows.
+        self.plain_fields = _plain_fields(model) if model is not None else None
+        self._plain: TypeAdapter[list[Any]] | None = None
+        if model is not None and self.plain_fields is not None:
+            row = TypedDict(f"{model.__name__}Fields", self.plain_fields)  # type: ignore[misc]
+            self._plain = TypeAdapter(list[row])
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         """The fields as JSON values; raises pydantic's ValidationError when they are wrong."""
@@ -182,6 +186,18 @@ class RowValidator:
         else:
             dumped = self._model.model_validate(data).model_dump(mode="json")
         return dumped
+
+    def encoded_batch(self, rows: str) -> list[dict[str, Any]] | None:
+        """Rows given as one JSON array of their fields, checked by the plain checks in one
+        call: their fields as JSON values, or None when a row fails or there are no plain
+        checks (then the rows are checked one by one for their reasons)."""
+        if self._plain is None:
+            return None
+        try:
+            valid = self._plain.validate_json(rows)
+        except ValidationError:
+            return None
+        return list(self._plain.dump_python(valid, mode="json"))
 
     def batch(
         self, rows: list[dict[str, Any]]

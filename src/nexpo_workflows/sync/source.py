@@ -11,14 +11,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
+    Date,
     DateTime,
+    Float,
     Integer,
     MetaData,
+    Numeric,
+    String,
     Table,
     and_,
     exc,
@@ -30,7 +37,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import ProviderUnavailableError, RecordVersion
-from nexpo_workflows.providers.sql import IN_LIST_CHUNK, SQLProvider
+from nexpo_workflows.providers.sql import IN_LIST_CHUNK, SQLProvider, postgres_row_hash
 from nexpo_workflows.sync.models import (
     CaptureMode,
     ChangeBatch,
@@ -52,6 +59,62 @@ class SourceRow:
     version: int
     deleted: bool
     data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class EncodedRows:
+    """Rows of a batch as the database encodes them: keys, tombstone flags and ``row_hash``
+    of each row in key order, and the fields of the rows that are not tombstones as one JSON
+    array (in the same order)."""
+
+    ids: list[str]
+    deleted: list[bool]
+    hashes: list[int]
+    live: str
+
+
+# The alias of a batch's row in the encoded read: no column may bear it.
+_ENCODED_ROW = "nexpo_row"
+
+
+def _plain_annotation(annotation: Any) -> Any:
+    """``annotation`` without its constraints (Annotated) and without None (Optional)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    arguments = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(arguments) == 1:
+        return _plain_annotation(arguments[0])
+    return annotation
+
+
+def _encodes_alike(column_type: Any, annotation: Any) -> bool:
+    """Whether a field of ``annotation`` checks a value of this column as PostgreSQL's JSON
+    gives it (numeric as text) exactly as it checks what asyncpg gives: text and integers
+    whatever the field; numeric, tombstones, timestamps and dates only into the field types
+    they are meant for (a timestamp as JSON text would pass a ``str`` field a datetime fails)."""
+    if isinstance(column_type, String | Integer):
+        return True
+    plain = _plain_annotation(annotation)
+    if isinstance(column_type, Numeric):
+        return not isinstance(column_type, Float) and plain in (Decimal, int, float)
+    if isinstance(column_type, Boolean):
+        return plain is bool
+    if isinstance(column_type, DateTime):
+        return plain is datetime
+    if isinstance(column_type, Date):
+        return plain is date
+    return False
+
+
+def _encoded_column(column_type: Any, column: str) -> str:
+    """How the encoded read gives a column: numeric as its text (JSON numbers lose trailing
+    zeros), a timestamp with time zone in UTC whatever the session's zone (as asyncpg gives
+    it), in JSON's ISO format whatever the DateStyle."""
+    if isinstance(column_type, Numeric):
+        return f"{column}::text"
+    if isinstance(column_type, DateTime) and column_type.timezone:
+        return f"(to_json({column} AT TIME ZONE 'UTC') #>> '{{}}') || '+00:00'"
+    return column
 
 
 def to_version(value: Any) -> int:
@@ -253,6 +316,75 @@ class SourceTable:
         return [
             self._source_row(values, after.version) for values in await self._fetch_dicts(statement)
         ]
+
+    async def encoded_rows(
+        self,
+        after: Watermark,
+        limit: int,
+        until: str | None,
+        fields: dict[str, Any],
+        columns: list[str] | None,
+    ) -> EncodedRows | None:
+        """The rows ``next_rows`` reads, encoded by PostgreSQL: the fields of each row as JSON
+        (only ``columns`` when given), the row hashes computed there; one value per batch to
+        decode here, not one per field of every row. None where the result could differ from
+        ``next_rows`` under the checks of ``fields`` (another engine, a JSON column of fields,
+        a column type JSON carries otherwise into the field it fills)."""
+        assert after.kind is PositionKind.SNAPSHOT
+        table = await self._reflected()
+        source = self._source
+        engine = await self._provider.ready_engine()
+        key = table.c[source.key_column]
+        deleted = table.c[source.deleted_column] if source.deleted_column else None
+        names = [c.name for c in table.columns if deleted is None or c.name != deleted.name]
+        if columns is not None:
+            names = [name for name in columns if name in names]
+        if (
+            engine.dialect.name != "postgresql"
+            or source.data_column is not None
+            or _ENCODED_ROW in table.c
+            or not isinstance(key.type, String | Integer)
+            or (deleted is not None and not isinstance(deleted.type, Boolean))
+            or not all(
+                _encodes_alike(table.c[name].type, fields[name]) for name in names if name in fields
+            )
+        ):
+            return None
+        last = after.model_copy(update={"id": until}) if until is not None else None
+        inner = self._ordered(
+            table,
+            select(table).where(*self._range(table, after, last)).limit(limit),
+            PositionKind.SNAPSHOT,
+        ).compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
+        assert isinstance(inner, SQLCompiler)
+        assert inner.positiontup is not None
+        values = inner.construct_params()
+        quote = engine.dialect.identifier_preparer.quote
+        order = f"b.{quote(key.name)}"
+        gone = f"coalesce(b.{quote(deleted.name)}, false)" if deleted is not None else "false"
+        encoded = ", ".join(
+            f"{_encoded_column(table.c[name].type, f'b.{quote(name)}')} AS {quote(name)}"
+            for name in names
+        )
+        row_hash = postgres_row_hash(f"{order}::text", str(after.version), gone)
+        statement = (
+            f"WITH batch AS ({inner}) SELECT"
+            f" (SELECT coalesce(json_agg({_ENCODED_ROW} ORDER BY {order}), '[]')::text"
+            f" FROM batch AS b CROSS JOIN LATERAL (SELECT {encoded}) AS {_ENCODED_ROW}"
+            f" WHERE NOT {gone}),"
+            f" array_agg({order}::text ORDER BY {order}), array_agg({gone} ORDER BY {order}),"
+            f" array_agg({row_hash} ORDER BY {order}) FROM batch AS b"
+        )
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                found = await _driver_fetch(
+                    raw.driver_connection, statement, [values[n] for n in inner.positiontup]
+                )
+        except (exc.DBAPIError, OSError) as error:
+            raise self._unavailable(error) from error
+        live, ids, flags, hashes = found[0]
+        return EncodedRows(ids=ids or [], deleted=flags or [], hashes=hashes or [], live=live)
 
     async def rows(self, after: Watermark | None, last: Watermark | None) -> list[SourceRow]:
         """Every row in (after, last], with its fields as the source holds them."""
