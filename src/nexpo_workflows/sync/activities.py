@@ -500,8 +500,8 @@ class SyncActivities:
         """The copy's next batch encoded by the source and checked in one call, where the
         source can and every row passes; None otherwise (then it is read row by row, each
         failing row quarantined with its reason)."""
-        dataset = self._dataset(plan.dataset)
-        fields = self._validator(plan.dataset).plain_fields
+        dataset, validator = self._dataset(plan.dataset), self._validator(plan.dataset)
+        fields = validator.plain_fields
         if fields is None or dataset.masked:
             return None
         encoded = await self._source(plan).encoded_rows(
@@ -511,7 +511,7 @@ class SyncActivities:
             return None
         if not encoded.ids:
             return ChangeBatch(after=after, last=None, count=0), PreparedBatch()
-        live = self._validator(plan.dataset).encoded_batch(encoded.live)
+        live = validator.encoded_batch(encoded.live)
         if live is None:
             return None
         fields_of = iter(live)

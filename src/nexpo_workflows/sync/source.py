@@ -90,7 +90,7 @@ def _plain_annotation(annotation: Any) -> Any:
 def _encodes_alike(column_type: Any, annotation: Any) -> bool:
     """Whether a field of ``annotation`` checks a value of this column as PostgreSQL's JSON
     gives it (numeric as text) exactly as it checks what asyncpg gives: text and integers
-    whatever the field; numeric, tombstones, timestamps and dates only into the field types
+    whatever the field; numeric, booleans, timestamps and dates only into the field types
     they are meant for (a timestamp as JSON text would pass a ``str`` field a datetime fails)."""
     if isinstance(column_type, String | Integer):
         return True
@@ -229,17 +229,9 @@ class SourceTable:
                     result = await connection.execute(statement)
                     names = list(result.keys())
                     return [dict(zip(names, row, strict=True)) for row in result]
-                compiled = statement.compile(
-                    dialect=engine.dialect, compile_kwargs={"render_postcompile": True}
-                )
-                assert isinstance(compiled, SQLCompiler)
-                assert compiled.positiontup is not None
-                values = compiled.construct_params()
+                sql, parameters = _driver_query(statement, engine.dialect)
                 raw = await connection.get_raw_connection()
-                driver: Any = raw.driver_connection
-                records = await _driver_fetch(
-                    driver, str(compiled), [values[name] for name in compiled.positiontup]
-                )
+                records = await _driver_fetch(raw.driver_connection, sql, parameters)
                 if not records:
                     return []
                 names = list(records[0].keys())
@@ -351,14 +343,14 @@ class SourceTable:
         ):
             return None
         last = after.model_copy(update={"id": until}) if until is not None else None
-        inner = self._ordered(
-            table,
-            select(table).where(*self._range(table, after, last)).limit(limit),
-            PositionKind.SNAPSHOT,
-        ).compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
-        assert isinstance(inner, SQLCompiler)
-        assert inner.positiontup is not None
-        values = inner.construct_params()
+        inner, parameters = _driver_query(
+            self._ordered(
+                table,
+                select(table).where(*self._range(table, after, last)).limit(limit),
+                PositionKind.SNAPSHOT,
+            ),
+            engine.dialect,
+        )
         quote = engine.dialect.identifier_preparer.quote
         order = f"b.{quote(key.name)}"
         gone = f"coalesce(b.{quote(deleted.name)}, false)" if deleted is not None else "false"
@@ -378,9 +370,7 @@ class SourceTable:
         try:
             async with engine.connect() as connection:
                 raw = await connection.get_raw_connection()
-                found = await _driver_fetch(
-                    raw.driver_connection, statement, [values[n] for n in inner.positiontup]
-                )
+                found = await _driver_fetch(raw.driver_connection, statement, parameters)
         except (exc.DBAPIError, OSError) as error:
             raise self._unavailable(error) from error
         live, ids, flags, hashes = found[0]
@@ -437,6 +427,16 @@ class SourceTable:
             )
             for values in await self._fetch(statement)
         ]
+
+
+def _driver_query(statement: Select[Any], dialect: Any) -> tuple[str, list[Any]]:
+    """``statement`` as the driver's own SQL, its IN lists expanded, and its parameters' values
+    in order: for the driver itself, past SQLAlchemy's result rows."""
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    assert isinstance(compiled, SQLCompiler)
+    assert compiled.positiontup is not None
+    values = compiled.construct_params()
+    return str(compiled), [values[name] for name in compiled.positiontup]
 
 
 async def _driver_fetch(driver: Any, sql: str, parameters: list[Any]) -> list[Any]:
