@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy.dialects import mssql
 from sqlalchemy.dialects.mssql import pyodbc as mssql_pyodbc
-from sqlalchemy.schema import CreateTable
+from sqlalchemy.schema import CreateColumn, CreateTable
 from sqlalchemy.sql import ClauseElement
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import DatabaseProvider
+from nexpo_workflows.providers import sql as sql_provider
+from nexpo_workflows.providers.base import RecordBatch, RecordVersion, keys_checksum, row_hash
 from nexpo_workflows.providers.postgres import PostgresProvider
 from nexpo_workflows.providers.sql import RecordStatements, UserStatements, records, users
 from nexpo_workflows.providers.sqlite import SQLiteProvider
 from nexpo_workflows.providers.sqlserver import SQLServerProvider
-from tests.provider_contract import ProviderContract, make_user
+from tests.provider_contract import ProviderContract, make_records, make_user
 from tests.servers.postgres import fresh_database
 
 
@@ -35,6 +40,95 @@ class TestSQLiteProvider(ProviderContract):
     def unreachable_provider(self, tmp_path: Path) -> DatabaseProvider:
         (tmp_path / "file").write_text("")
         return SQLiteProvider(tmp_path / "file" / "nexpo.db")
+
+
+# The records table as it was created before the ``row_hash`` column.
+RECORDS_BEFORE_ROW_HASH = (
+    "CREATE TABLE nexpo_records (dataset VARCHAR(100) NOT NULL, id VARCHAR(200) NOT NULL,"
+    " version BIGINT NOT NULL, deleted BOOLEAN NOT NULL, data {json} NOT NULL,"
+    " PRIMARY KEY (dataset, id))"
+)
+
+
+def as_batch(written: list[Any]) -> RecordBatch:
+    return RecordBatch(
+        ids=[r.id for r in written],
+        versions=[r.version for r in written],
+        deleted=[r.deleted for r in written],
+        data=[r.data for r in written],
+    )
+
+
+def versions_of(written: list[Any]) -> list[RecordVersion]:
+    return [RecordVersion(id=r.id, version=r.version, deleted=r.deleted) for r in written]
+
+
+@pytest.fixture
+def python_row_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids SQLite hands to the Python row hash function of connections made from now on."""
+    calls: list[str] = []
+    hashed = sql_provider._sqlite_row_hash
+
+    def counted(record_id: str, version: int, deleted: int) -> int:
+        calls.append(record_id)
+        return hashed(record_id, version, deleted)
+
+    monkeypatch.setattr(sql_provider, "_sqlite_row_hash", counted)
+    return calls
+
+
+async def test_sqlite_checksums_sum_the_hashes_stored_with_the_rows(
+    tmp_path: Path, python_row_hashes: list[str]
+) -> None:
+    provider = SQLiteProvider(tmp_path / "nexpo.db")
+    await provider.connect()
+    try:
+        written = make_records(40)
+        written[7] = written[7].model_copy(update={"deleted": True, "data": {}})
+        await provider.upsert_batch("ds", as_batch(written[:20]))
+        await provider.upsert_records("ds", written[20:])
+        ids = [r.id for r in written]
+        assert await provider.checksums("ds", [ids]) == [keys_checksum(versions_of(written))]
+        assert python_row_hashes == []  # every hash was stored with its row
+        newer = written[3].model_copy(update={"version": written[3].version + 1})
+        await provider.upsert_batch("ds", as_batch([newer]))
+        [found] = await provider.checksums("ds", [ids])
+        assert found == keys_checksum(versions_of([*written[:3], newer, *written[4:]]))
+        assert python_row_hashes == []
+    finally:
+        await provider.close()
+
+
+async def test_a_sqlite_records_table_from_before_the_row_hash_column_is_migrated(
+    tmp_path: Path, python_row_hashes: list[str]
+) -> None:
+    path = tmp_path / "nexpo.db"
+    old = make_records(5)
+    with sqlite3.connect(path) as before:
+        before.execute(RECORDS_BEFORE_ROW_HASH.format(json="JSON"))
+        before.executemany(
+            "INSERT INTO nexpo_records VALUES ('ds', ?, ?, ?, '{}')",
+            [(r.id, r.version, r.deleted) for r in old],
+        )
+    provider = SQLiteProvider(path)
+    await provider.connect()
+    try:
+        # Rows written before: their hashes computed from the rows.
+        [found] = await provider.checksums("ds", [[r.id for r in old]])
+        assert found == keys_checksum(versions_of(old))
+        assert sorted(python_row_hashes) == sorted(r.id for r in old)
+        new = make_records(3)
+        await provider.upsert_batch("ds", as_batch(new))
+        with sqlite3.connect(path) as after:
+            stored = dict(after.execute("SELECT id, row_hash FROM nexpo_records").fetchall())
+        assert {r.id: stored[r.id] for r in new} == {
+            r.id: row_hash(r.id, r.version, r.deleted) for r in new
+        }
+        assert all(stored[r.id] is None for r in old)
+    finally:
+        await provider.close()
+    await provider.connect()  # the column is there now: connecting again adds nothing
+    await provider.close()
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +154,31 @@ class TestPostgresProvider(ProviderContract):
                 postgres_url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
             )
         )
+
+    async def test_a_records_table_from_before_the_row_hash_column_is_migrated(self) -> None:
+        async with fresh_database() as url:
+            connection = await asyncpg.connect(url)
+            try:
+                await connection.execute(RECORDS_BEFORE_ROW_HASH.format(json="json"))
+                await connection.execute(
+                    "INSERT INTO nexpo_records VALUES ('ds', 'old', 7, false, '{}')"
+                )
+                settings = Settings(_env_file=None, postgres_url=url)
+                provider = PostgresProvider.from_settings(settings)
+                await provider.connect()
+                new = make_records(3)
+                await provider.upsert_batch("ds", as_batch(new))
+                one = make_records(1)
+                await provider.upsert_records("ds", one)
+                stored = dict(await connection.fetch("SELECT id, row_hash FROM nexpo_records"))
+                assert stored.pop("old") is None
+                assert stored == {r.id: row_hash(r.id, r.version, r.deleted) for r in [*new, *one]}
+                [found] = await provider.checksums("ds", [["old", *stored]])
+                old = RecordVersion(id="old", version=7, deleted=False)
+                assert found == keys_checksum([old, *versions_of([*new, *one])])
+                await provider.close()
+            finally:
+                await connection.close()
 
     async def test_schema_creation_is_idempotent(self, database_url: str) -> None:
         settings = Settings(_env_file=None, postgres_url=database_url)
@@ -96,6 +215,8 @@ def test_sqlserver_statements_compile_with_the_mssql_dialect() -> None:
 def test_sqlserver_record_statements_compile_with_the_mssql_dialect() -> None:
     ddl = compiled(CreateTable(records))
     assert "CREATE TABLE nexpo_records" in ddl
+    # What a table created before the column gets: ALTER TABLE nexpo_records ADD <this>.
+    assert compiled(CreateColumn(records.c.row_hash)) == "row_hash BIGINT NULL"
     assert "PRIMARY KEY (dataset, id)" in ddl
     ids = ["a", "b"]
     for select in (

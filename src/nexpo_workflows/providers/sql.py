@@ -28,15 +28,17 @@ from sqlalchemy import (
     exc,
     func,
     insert,
+    inspect,
     literal_column,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.schema import CreateColumn
 from sqlalchemy.sql import ClauseElement, ColumnElement, Delete, Insert, Select, Update
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -77,6 +79,10 @@ records = Table(
     Column("version", BigInteger, nullable=False),
     Column("deleted", Boolean, nullable=False),
     Column("data", JSON, nullable=False),
+    # ``row_hash`` of the row's id, version and tombstone, written with them by every write of
+    # this module: what SQLite's checksums sum, as SQLite computes no MD5 (PostgreSQL computes
+    # its own). NULL in a row written before the column existed: computed from the row then.
+    Column("row_hash", BigInteger, nullable=True),
 )
 
 # Ids per statement in IN (...) lists: below SQL Server's 2,100 parameters and SQLite's 32,766.
@@ -136,6 +142,7 @@ class RecordStatements:
                 "version": excluded.version,
                 "deleted": excluded.deleted,
                 "data": excluded.data,
+                "row_hash": excluded.row_hash,
             },
         )
 
@@ -175,19 +182,21 @@ def postgres_row_hash(record_id: str, version: str, deleted: str) -> str:
 
 _ROW_HASH_SQL = {
     "postgresql": postgres_row_hash("id", "version", "deleted"),
-    "sqlite": f"{ROW_HASH_FUNCTION}(id, version, deleted)",
+    # The stored hash, and the function (a call into Python per row) only where it is NULL.
+    "sqlite": f"coalesce(row_hash, {ROW_HASH_FUNCTION}(id, version, deleted))",
 }
+
 # The staging table a PostgreSQL bulk write copies into, then upserts from in one statement.
 _STAGING = "nexpo_records_staging"
 _STAGING_DDL = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (dataset text, id text, version bigint,"
-    " deleted boolean, data text) ON COMMIT DELETE ROWS"
+    " deleted boolean, data text, row_hash bigint) ON COMMIT DELETE ROWS"
 )
 _UPSERT_FROM_STAGING = (
-    f"INSERT INTO {RECORDS_STORE} (dataset, id, version, deleted, data)"
-    f" SELECT dataset, id, version, deleted, data::json FROM {_STAGING}"
+    f"INSERT INTO {RECORDS_STORE} (dataset, id, version, deleted, data, row_hash)"
+    f" SELECT dataset, id, version, deleted, data::json, row_hash FROM {_STAGING}"
     " ON CONFLICT (dataset, id) DO UPDATE SET version = excluded.version,"
-    " deleted = excluded.deleted, data = excluded.data"
+    " deleted = excluded.deleted, data = excluded.data, row_hash = excluded.row_hash"
 )
 
 
@@ -236,6 +245,17 @@ def _register_row_hash(dbapi_connection: Any, _: Any) -> None:
     dbapi_connection.create_function(ROW_HASH_FUNCTION, 3, _sqlite_row_hash, deterministic=True)
 
 
+def create_schema(connection: Connection) -> None:
+    """The tables, and the columns added to ``records`` since a table was created (``create_all``
+    creates missing tables only)."""
+    metadata.create_all(connection, checkfirst=True)
+    present = {column["name"] for column in inspect(connection).get_columns(RECORDS_STORE)}
+    for column in records.columns:
+        if column.name not in present:
+            spec = CreateColumn(column).compile(dialect=connection.dialect)
+            connection.exec_driver_sql(f"ALTER TABLE {RECORDS_STORE} ADD {spec}")
+
+
 class SQLProvider(DatabaseProvider):
     """A provider over any SQLAlchemy async URL; subclasses only name themselves and their URL."""
 
@@ -263,7 +283,7 @@ class SQLProvider(DatabaseProvider):
             event.listen(engine.sync_engine, "connect", _register_row_hash)
         try:
             async with engine.begin() as connection:
-                await connection.run_sync(metadata.create_all, checkfirst=True)
+                await connection.run_sync(create_schema)
         except Exception as error:
             await engine.dispose()
             raise self._unavailable(error) from error
@@ -372,6 +392,7 @@ class SQLProvider(DatabaseProvider):
                         "deleted": [r.deleted for r in records],
                         # pydantic-core's encoder: several times faster than json.dumps.
                         "data": [to_json(r.data).decode() for r in records],
+                        "row_hash": [row_hash(r.id, r.version, r.deleted) for r in records],
                     }
                     rows = list(zip(*(columns[name] for name in order), strict=True))
                     await connection.exec_driver_sql(sql, rows)
@@ -380,7 +401,14 @@ class SQLProvider(DatabaseProvider):
                     await connection.execute(RecordStatements.delete(dataset, chunk))
                 await connection.execute(
                     RecordStatements.insert(),
-                    [{"dataset": dataset, **record.model_dump()} for record in records],
+                    [
+                        {
+                            "dataset": dataset,
+                            **record.model_dump(),
+                            "row_hash": row_hash(record.id, record.version, record.deleted),
+                        }
+                        for record in records
+                    ],
                 )
         except (exc.DBAPIError, OSError) as error:
             raise self._classified(error) from error
@@ -398,6 +426,7 @@ class SQLProvider(DatabaseProvider):
             "version": batch.versions,
             "deleted": batch.deleted,
             "data": data,
+            "row_hash": batch.hashes(),
         }
         try:
             if engine.dialect.name == "postgresql":
