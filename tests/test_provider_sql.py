@@ -19,13 +19,19 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import DatabaseProvider
 from nexpo_workflows.providers import sql as sql_provider
-from nexpo_workflows.providers.base import RecordBatch, RecordVersion, keys_checksum, row_hash
+from nexpo_workflows.providers.base import (
+    ProviderUnavailableError,
+    RecordBatch,
+    RecordVersion,
+    keys_checksum,
+    row_hash,
+)
 from nexpo_workflows.providers.postgres import PostgresProvider
 from nexpo_workflows.providers.sql import RecordStatements, UserStatements, records, users
 from nexpo_workflows.providers.sqlite import SQLiteProvider
 from nexpo_workflows.providers.sqlserver import SQLServerProvider
 from tests.provider_contract import ProviderContract, make_records, make_user
-from tests.servers.postgres import fresh_database
+from tests.servers.postgres import cluster_server, fresh_database
 
 
 class TestSQLiteProvider(ProviderContract):
@@ -179,6 +185,35 @@ class TestPostgresProvider(ProviderContract):
                 await provider.close()
             finally:
                 await connection.close()
+
+    async def test_bulk_writes_and_checksums_work_again_at_once_after_a_server_crash(
+        self,
+    ) -> None:
+        # Both go past SQLAlchemy's adapter to asyncpg itself (COPY, an array parameter): the
+        # connection a crash closed must not be handed out again once the server is back.
+        async with cluster_server() as server:
+            provider = PostgresProvider.from_settings(
+                Settings(_env_file=None, postgres_url=server.url)
+            )
+            await provider.connect()
+            try:
+                first, second = make_records(5), make_records(5)
+                await provider.upsert_batch("ds", as_batch(first))
+                await server.stop("immediate")
+                with pytest.raises(ProviderUnavailableError):
+                    await provider.upsert_batch("ds", as_batch(second))
+                await server.start()
+                await provider.upsert_batch("ds", as_batch(second))
+                await server.stop("immediate")
+                with pytest.raises(ProviderUnavailableError):
+                    await provider.checksums("ds", [[r.id for r in first]])
+                await server.start()
+                ids = [r.id for r in [*first, *second]]
+                assert await provider.checksums("ds", [ids]) == [
+                    keys_checksum(versions_of([*first, *second]))
+                ]
+            finally:
+                await provider.close()
 
     async def test_schema_creation_is_idempotent(self, database_url: str) -> None:
         settings = Settings(_env_file=None, postgres_url=database_url)

@@ -14,12 +14,12 @@ import asyncpg
 import pytest
 from pydantic import BaseModel, Field
 
-from nexpo_workflows.providers.base import row_hash
+from nexpo_workflows.providers.base import ProviderUnavailableError, row_hash
 from nexpo_workflows.providers.postgres import PostgresProvider
 from nexpo_workflows.sync.datasets import RowValidator
 from nexpo_workflows.sync.models import PositionKind, SyncSource, Watermark
 from nexpo_workflows.sync.source import SourceTable
-from tests.servers.postgres import fresh_database
+from tests.servers.postgres import cluster_server, fresh_database
 
 VERSION = 1_767_225_600_123_456
 START = Watermark(kind=PositionKind.SNAPSHOT, version=VERSION, id="")
@@ -42,6 +42,36 @@ class ProductWithTextTime(BaseModel):
     changed_at: str
 
 
+async def fill_products(connection: asyncpg.Connection) -> None:
+    """The products table with 120 rows of every kind of value the encoded read handles."""
+    await connection.execute(
+        "CREATE TABLE products (id text PRIMARY KEY, name text NOT NULL,"
+        " price numeric NOT NULL, quantity integer NOT NULL, active boolean NOT NULL,"
+        " changed_at timestamptz NOT NULL, local_at timestamp NOT NULL, day date NOT NULL,"
+        " note text, picture bytea, deleted boolean)"
+    )
+    await connection.executemany(
+        "INSERT INTO products VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        [
+            (
+                f"p{n:03d}",
+                f"product {n}",
+                [Decimal("12.50"), Decimal("0"), Decimal("1000.000")][n % 3],
+                n,
+                n % 2 == 0,
+                datetime.fromisoformat(f"2026-03-0{1 + n % 9}T23:59:59.{n:06d}+05:30"),
+                datetime(2026, 1, 1, 12, 0, n % 60, n),
+                date(2026, 1 + n % 12, 1 + n % 28),
+                None if n % 4 else f'note {n} with "quotes" and ünïcode',
+                b"\x00\x01" if n % 5 == 0 else None,
+                # One tombstone in seven, one NULL flag in eleven (not a tombstone).
+                None if n % 11 == 0 else n % 7 == 0,
+            )
+            for n in range(120)
+        ],
+    )
+
+
 @pytest.fixture
 async def products() -> AsyncIterator[str]:
     async with fresh_database() as url:
@@ -54,32 +84,7 @@ async def products() -> AsyncIterator[str]:
                 f"ALTER DATABASE \"{database}\" SET timezone = 'Asia/Tokyo';"
                 f" ALTER DATABASE \"{database}\" SET datestyle = 'SQL, DMY'"
             )
-            await connection.execute(
-                "CREATE TABLE products (id text PRIMARY KEY, name text NOT NULL,"
-                " price numeric NOT NULL, quantity integer NOT NULL, active boolean NOT NULL,"
-                " changed_at timestamptz NOT NULL, local_at timestamp NOT NULL, day date NOT NULL,"
-                " note text, picture bytea, deleted boolean)"
-            )
-            await connection.executemany(
-                "INSERT INTO products VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                [
-                    (
-                        f"p{n:03d}",
-                        f"product {n}",
-                        [Decimal("12.50"), Decimal("0"), Decimal("1000.000")][n % 3],
-                        n,
-                        n % 2 == 0,
-                        datetime.fromisoformat(f"2026-03-0{1 + n % 9}T23:59:59.{n:06d}+05:30"),
-                        datetime(2026, 1, 1, 12, 0, n % 60, n),
-                        date(2026, 1 + n % 12, 1 + n % 28),
-                        None if n % 4 else f'note {n} with "quotes" and ünïcode',
-                        b"\x00\x01" if n % 5 == 0 else None,
-                        # One tombstone in seven, one NULL flag in eleven (not a tombstone).
-                        None if n % 11 == 0 else n % 7 == 0,
-                    )
-                    for n in range(120)
-                ],
-            )
+            await fill_products(connection)
         finally:
             await connection.close()
         yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
@@ -183,3 +188,30 @@ async def test_a_batch_with_an_invalid_row_is_left_to_the_row_read(products: str
         assert list(errors) == [2]
     finally:
         await provider.close()
+
+
+async def test_a_source_down_during_the_encoded_read_is_unavailable_and_read_again_once_back() -> (
+    None
+):
+    async with cluster_server() as server:
+        connection = await asyncpg.connect(server.url)
+        try:
+            await fill_products(connection)
+        finally:
+            await connection.close()
+        source, provider = await _source(
+            server.url.replace("postgresql://", "postgresql+asyncpg://")
+        )
+        fields = RowValidator(f"{__name__}:Product").plain_fields
+        assert fields is not None
+        try:
+            before = await source.encoded_rows(START, 10, None, fields, None)
+            assert before is not None
+            assert len(before.ids) == 10
+            await server.stop("immediate")  # a crash: the pooled connection is gone too
+            with pytest.raises(ProviderUnavailableError, match="postgres"):
+                await source.encoded_rows(START, 10, None, fields, None)
+            await server.start()
+            assert await source.encoded_rows(START, 10, None, fields, None) == before
+        finally:
+            await provider.close()

@@ -8,7 +8,8 @@ elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -237,6 +238,24 @@ def is_data_error(error: BaseException) -> bool:
     return isinstance(code, str) and len(code) == 5 and code.startswith("22")
 
 
+@contextlib.asynccontextmanager
+async def asyncpg_connection(engine: AsyncEngine, statement: str) -> AsyncIterator[Any]:
+    """asyncpg's own connection from ``engine``'s pool, for what SQLAlchemy's adapter does not
+    offer (COPY, array parameters, records without per-row processing). Its errors, raised past
+    the adapter, are raised as SQLAlchemy's (naming ``statement``), and the connection is
+    dropped: SQLAlchemy does not see that asyncpg's own error closed it (a server restarted),
+    and would hand it out again."""
+    from asyncpg import InterfaceError, PostgresError
+
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        try:
+            yield raw.driver_connection
+        except (PostgresError, InterfaceError, OSError) as error:
+            await connection.invalidate()
+            raise exc.DBAPIError(statement, None, error) from error
+
+
 def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
     return chunked(ids, IN_LIST_CHUNK)
 
@@ -444,21 +463,15 @@ class SQLProvider(DatabaseProvider):
             raise self._classified(error) from error
 
     async def _copy_upsert(self, engine: AsyncEngine, columns: dict[str, list[Any]]) -> None:
-        async with engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver: Any = raw.driver_connection
-            try:
-                async with driver.transaction():
-                    await driver.execute(_STAGING_DDL)
-                    await driver.copy_records_to_table(
-                        _STAGING,
-                        records=zip(*columns.values(), strict=True),
-                        columns=list(columns),
-                    )
-                    await driver.execute(_UPSERT_FROM_STAGING)
-            except Exception as error:
-                # asyncpg's own errors, raised past SQLAlchemy's adapter: classified alike.
-                raise exc.DBAPIError(_UPSERT_FROM_STAGING, None, error) from error
+        async with (
+            asyncpg_connection(engine, _UPSERT_FROM_STAGING) as driver,
+            driver.transaction(),
+        ):
+            await driver.execute(_STAGING_DDL)
+            await driver.copy_records_to_table(
+                _STAGING, records=zip(*columns.values(), strict=True), columns=list(columns)
+            )
+            await driver.execute(_UPSERT_FROM_STAGING)
 
     def _checksums_sql(self, dialect: Dialect, count: int) -> tuple[str, tuple[str, ...]]:
         """Count and row-hash sum of ``count`` ids, compiled once per count (see
@@ -508,16 +521,9 @@ class SQLProvider(DatabaseProvider):
         the table had no statistics yet (a first copy): seconds per set at 100,000 rows."""
         found: list[KeysChecksum] = []
         try:
-            async with engine.connect() as connection:
-                raw = await connection.get_raw_connection()
-                driver: Any = raw.driver_connection
+            async with asyncpg_connection(engine, _ARRAY_CHECKSUM) as driver:
                 for keys in key_sets:
-                    try:
-                        row = await driver.fetchrow(_ARRAY_CHECKSUM, dataset, list(keys))
-                    except Exception as error:
-                        # asyncpg's own errors, past SQLAlchemy's adapter: classified alike.
-                        raise exc.DBAPIError(_ARRAY_CHECKSUM, None, error) from error
-                    count, total = row
+                    count, total = await driver.fetchrow(_ARRAY_CHECKSUM, dataset, list(keys))
                     found.append(KeysChecksum(count, int(total or 0)))  # no row: a NULL sum
         except (exc.DBAPIError, OSError) as error:
             raise self._classified(error) from error

@@ -37,7 +37,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from nexpo_workflows.errors import first_line
 from nexpo_workflows.providers.base import ProviderUnavailableError, RecordVersion
-from nexpo_workflows.providers.sql import IN_LIST_CHUNK, SQLProvider, postgres_row_hash
+from nexpo_workflows.providers.sql import (
+    IN_LIST_CHUNK,
+    SQLProvider,
+    asyncpg_connection,
+    postgres_row_hash,
+)
 from nexpo_workflows.sync.models import (
     CaptureMode,
     ChangeBatch,
@@ -224,14 +229,14 @@ class SourceTable:
         C and one dict per row."""
         engine = await self._provider.ready_engine()
         try:
-            async with engine.connect() as connection:
-                if engine.dialect.name != "postgresql":
+            if engine.dialect.name != "postgresql":
+                async with engine.connect() as connection:
                     result = await connection.execute(statement)
                     names = list(result.keys())
                     return [dict(zip(names, row, strict=True)) for row in result]
-                sql, parameters = _driver_query(statement, engine.dialect)
-                raw = await connection.get_raw_connection()
-                records = await _driver_fetch(raw.driver_connection, sql, parameters)
+            sql, parameters = _driver_query(statement, engine.dialect)
+            async with asyncpg_connection(engine, sql) as driver:
+                records = await driver.fetch(sql, *parameters)
                 if not records:
                     return []
                 names = list(records[0].keys())
@@ -368,9 +373,8 @@ class SourceTable:
             f" array_agg({row_hash} ORDER BY {order}) FROM batch AS b"
         )
         try:
-            async with engine.connect() as connection:
-                raw = await connection.get_raw_connection()
-                found = await _driver_fetch(raw.driver_connection, statement, parameters)
+            async with asyncpg_connection(engine, statement) as driver:
+                found = await driver.fetch(statement, *parameters)
         except (exc.DBAPIError, OSError) as error:
             raise self._unavailable(error) from error
         live, ids, flags, hashes = found[0]
@@ -437,14 +441,3 @@ def _driver_query(statement: Select[Any], dialect: Any) -> tuple[str, list[Any]]
     assert compiled.positiontup is not None
     values = compiled.construct_params()
     return str(compiled), [values[name] for name in compiled.positiontup]
-
-
-async def _driver_fetch(driver: Any, sql: str, parameters: list[Any]) -> list[Any]:
-    """asyncpg's ``fetch``, its errors raised as SQLAlchemy's (as through the engine)."""
-    from asyncpg import InterfaceError, PostgresError
-
-    try:
-        records: list[Any] = await driver.fetch(sql, *parameters)
-    except (PostgresError, InterfaceError) as error:
-        raise exc.DBAPIError(sql, None, error) from error
-    return records
