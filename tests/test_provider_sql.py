@@ -272,8 +272,7 @@ def test_sqlserver_record_statements_compile_with_the_mssql_dialect() -> None:
     # DBAPI sets the positional "qmark" style when an engine is made.
     provider = SQLServerProvider("mssql+aioodbc://nowhere/db")
     qmark = mssql_pyodbc.dialect(paramstyle="qmark")  # type: ignore[no-untyped-call]
-    sql, order = provider._versions_sql(qmark, 3)
-    assert order == ("dataset", "id0", "id1", "id2")
+    sql = provider._versions_sql(qmark, 3)  # executed with (dataset, id0, id1, id2)
     assert sql.count("?") == 4
     assert "nexpo_records.id IN (?, ?, ?)" in sql
 

@@ -223,6 +223,14 @@ def _driver_sql(statement: ClauseElement, dialect: Dialect) -> tuple[str, tuple[
     return str(compiled), tuple(compiled.positiontup)
 
 
+def _keyed_sql(statement: ClauseElement, dialect: Dialect, count: int) -> str:
+    """``statement``, whose parameters are ``dataset`` and ``id0`` to ``id<count - 1>``, as the
+    driver's own SQL, to execute with ``(dataset, *ids)``: its parameters come in that order."""
+    sql, order = _driver_sql(statement, dialect)
+    assert order == ("dataset", *(f"id{n}" for n in range(count))), order
+    return sql
+
+
 def is_data_error(error: BaseException) -> bool:
     """Whether the driver reports SQLSTATE class 22: asyncpg gives the code as ``sqlstate``
     (SQLAlchemy's adapter wraps its DataError as a plain DBAPIError), pyodbc as the first
@@ -283,8 +291,8 @@ class SQLProvider(DatabaseProvider):
         self._engine_options = engine_options
         self._engine: AsyncEngine | None = None
         self._compiled_upsert: tuple[str, tuple[str, ...]] | None = None
-        self._compiled_versions: dict[int, tuple[str, tuple[str, ...]]] = {}
-        self._compiled_checksums: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self._compiled_versions: dict[int, str] = {}
+        self._compiled_checksums: dict[int, str] = {}
 
     async def _prepare(self) -> None:
         """Anything to do before the engine is created (a directory for a file database)."""
@@ -473,7 +481,7 @@ class SQLProvider(DatabaseProvider):
             )
             await driver.execute(_UPSERT_FROM_STAGING)
 
-    def _checksums_sql(self, dialect: Dialect, count: int) -> tuple[str, tuple[str, ...]]:
+    def _checksums_sql(self, dialect: Dialect, count: int) -> str:
         """Count and row-hash sum of ``count`` ids, compiled once per count (see
         ``_versions_sql``)."""
         if count not in self._compiled_checksums:
@@ -482,7 +490,7 @@ class SQLProvider(DatabaseProvider):
                 records.c.dataset == bindparam("dataset"),
                 records.c.id.in_([bindparam(f"id{n}") for n in range(count)]),
             )
-            self._compiled_checksums[count] = _driver_sql(statement, dialect)
+            self._compiled_checksums[count] = _keyed_sql(statement, dialect, count)
         return self._compiled_checksums[count]
 
     async def checksums(
@@ -499,11 +507,8 @@ class SQLProvider(DatabaseProvider):
                 for keys in key_sets:
                     sums = KeysChecksum(0, 0)
                     for chunk in _chunks(keys):
-                        sql, order = self._checksums_sql(engine.dialect, len(chunk))
-                        values = {"dataset": dataset, **{f"id{n}": i for n, i in enumerate(chunk)}}
-                        result = await connection.exec_driver_sql(
-                            sql, tuple(values[name] for name in order)
-                        )
+                        sql = self._checksums_sql(engine.dialect, len(chunk))
+                        result = await connection.exec_driver_sql(sql, (dataset, *chunk))
                         row: Sequence[Any] = result.one()
                         count, total = row
                         # No row: the sum is NULL.
@@ -548,7 +553,7 @@ class SQLProvider(DatabaseProvider):
         rows = await self._select_in_chunks(RecordStatements.select, dataset, ids)
         return [DatasetRecord.model_validate(row) for row in rows]
 
-    def _versions_sql(self, dialect: Dialect, count: int) -> tuple[str, tuple[str, ...]]:
+    def _versions_sql(self, dialect: Dialect, count: int) -> str:
         """``select_versions`` for ``count`` ids as the driver's own SQL, compiled once per
         count: verification reads a whole batch of versions from every target, and compiling an
         expanding IN list for each chunk was most of that read's cost."""
@@ -556,7 +561,7 @@ class SQLProvider(DatabaseProvider):
             statement = RecordStatements.select_versions(
                 bindparam("dataset"), [bindparam(f"id{n}") for n in range(count)]
             )
-            self._compiled_versions[count] = _driver_sql(statement, dialect)
+            self._compiled_versions[count] = _keyed_sql(statement, dialect, count)
         return self._compiled_versions[count]
 
     async def record_versions(self, dataset: str, ids: Sequence[str]) -> list[RecordVersion]:
@@ -565,11 +570,8 @@ class SQLProvider(DatabaseProvider):
         try:
             async with engine.connect() as connection:
                 for chunk in _chunks(ids):
-                    sql, order = self._versions_sql(engine.dialect, len(chunk))
-                    values = {"dataset": dataset, **{f"id{n}": i for n, i in enumerate(chunk)}}
-                    result = await connection.exec_driver_sql(
-                        sql, tuple(values[name] for name in order)
-                    )
+                    sql = self._versions_sql(engine.dialect, len(chunk))
+                    result = await connection.exec_driver_sql(sql, (dataset, *chunk))
                     # SQLite answers the flag as 0 or 1: bool() makes it a flag everywhere.
                     rows: Sequence[Any] = result.all()
                     found += [
