@@ -297,6 +297,14 @@ async def test_stop_ends_after_the_current_batch_with_nothing_half_applied(
     await assert_targets_equal_source(follow_settings, source)
 
 
+def interruptible() -> None:
+    """In the command's process before it starts: SIGINT at its default, as a shell starts a
+    command in the foreground. Tests started in the background by a shell without job control
+    (`cmd &` in a script) ignore SIGINT, and a child inherits that: the command would then never
+    see the interrupt the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_a_start_while_following_is_refused_and_scheduled_starts_are_skipped(
     client: Client,
     cli: list[str],
@@ -320,6 +328,7 @@ async def test_a_start_while_following_is_refused_and_scheduled_starts_are_skipp
             shown = await asyncio.create_subprocess_exec(
                 *cli, "sync", "run", DATASET, "--follow", env=env,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                preexec_fn=interruptible,
             )  # fmt: skip
             assert shown.stdout is not None
             caught = b"waiting: 10 rows seen, 10 synced"
