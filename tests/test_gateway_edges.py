@@ -206,6 +206,9 @@ async def stopped_temporal(tmp_path: Path) -> Client:
         host="127.0.0.1", port=free_port(), log_path=tmp_path / "temporal.log"
     )
     try:
+        # Listening is not serving yet ("Frontend is not healthy yet"): wait for it with the
+        # default retries first, then make the client the test uses.
+        await Client.connect(server.address)
         client = await Client.connect(
             server.address,
             # Few retries, so each call fails in about a second rather than ten.
