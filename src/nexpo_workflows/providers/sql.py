@@ -272,7 +272,7 @@ def _register_row_hash(dbapi_connection: Any, _: Any) -> None:
     dbapi_connection.create_function(ROW_HASH_FUNCTION, 3, _sqlite_row_hash, deterministic=True)
 
 
-def create_schema(connection: Connection) -> None:
+def _create_schema(connection: Connection) -> None:
     """The tables, and the columns added to ``records`` since a table was created (``create_all``
     creates missing tables only)."""
     metadata.create_all(connection, checkfirst=True)
@@ -310,7 +310,7 @@ class SQLProvider(DatabaseProvider):
             event.listen(engine.sync_engine, "connect", _register_row_hash)
         try:
             async with engine.begin() as connection:
-                await connection.run_sync(create_schema)
+                await connection.run_sync(_create_schema)
         except Exception as error:
             await engine.dispose()
             raise self._unavailable(error) from error
