@@ -517,14 +517,17 @@ async def test_a_held_promotion_is_not_failed_back_until_released(
             refused = await gateway.post(f"{path}/hold", json={"reason": "  "})
             assert refused.status_code == 422
             assert "a reason is required" in refused.text
+            # Held first: a manual switch probes at once, and two healthy rounds of the primary
+            # could fail back before a hold sent after it arrived.
+            held = await gateway.post(f"{path}/hold", json={"reason": "until the upgrade is done"})
+            assert held.status_code == 200, held.text
+            assert held.json()["held"] is True
             promoted = await gateway.post(
                 f"{path}/active-side", json={"side": "secondary", "reason": "primary upgrade"}
             )
             assert promoted.status_code == 200, promoted.text
-            held = await gateway.post(f"{path}/hold", json={"reason": "until the upgrade is done"})
-            assert held.status_code == 200, held.text
-            assert held.json()["held"] is True
-            rounds = held.json()["total_rounds"]
+            assert promoted.json()["held"] is True
+            rounds = promoted.json()["total_rounds"]
             # A healthy primary for twice the rounds that would fail back: no failback.
             state = await _state_when(handle, lambda s: s.total_rounds >= rounds + 4)
             assert (state.active_side, state.held) == (Side.SECONDARY, True)
