@@ -6,9 +6,10 @@ Run from the repository root (after `bash scripts/test.sh` has installed everyth
         [--rows 100000,1000000] [--targets sqlite,postgres,mongodb] [--batch-size 10000] \
         [--sync-batch-size N] [--profile DIR]
 
-(``pip install -e .[bench]`` first: the peer loader.) For each number of rows, a fresh
-database on a PostgreSQL server at wal_level=logical holds a source table of ~200-byte rows
-(one in 50 a tombstone), filled by COPY. For each target:
+(``pip install -e .[bench]`` first: the peer loader; ``--targets`` may also name ``cosmosdb``
+and ``supabase``, left out by default: the Cosmos DB emulator is slow.) For each number of
+rows, a fresh database on a PostgreSQL server at wal_level=logical holds a source table of
+~200-byte rows (one in 50 a tombstone), filled by COPY. For each target:
 
 - ``raw``, the ceiling: the same rows read with asyncpg in keyset batches of ``--batch-size``
   and written in bulk with the write the sync does, one batch at a time (SQLite:
@@ -16,23 +17,30 @@ database on a PostgreSQL server at wal_level=logical holds a source table of ~20
   through aiosqlite; PostgreSQL, another database of the same server: binary COPY into a
   staging table and one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` per batch; MongoDB:
   unordered ``insert_many`` through PyMongo's async client, on SecantusDB, the sync's first
-  write to a new target too);
+  write to a new target too; Cosmos DB, on the emulator the tests start: one ``upsert_item``
+  per row through ``azure-cosmos``'s async client, the provider's bound of requests in flight,
+  items of the provider's records in a container of another database; Supabase, PostgREST on
+  a PostgreSQL database as the tests start it: one upsert request per batch through the
+  ``supabase`` client, rows of the provider's records in another table of that database);
 - ``sync``: DataSyncWorkflow for the dataset (the copy of the table: read, validation by the
   dataset's pydantic schema, write, verification) on an in-memory Temporal dev server, run by
   ``nexpo-workflows worker`` in a process of its own, in batches of ``--sync-batch-size``
   (default: ``--batch-size``), timed from start to result, with the worker's peak RSS (VmHWM)
   and CPU seconds; the PostgreSQL target is the SQL provider of the ``sqlserver`` slot given a
-  PostgreSQL URL (the worker's ``postgres`` provider is the source);
+  PostgreSQL URL (the worker's ``postgres`` provider is the source); the ``cosmosdb`` and
+  ``supabase`` targets are those providers, on the same servers as their raw copy (Cosmos
+  DB: a new database per size; Supabase: its one records table emptied before each sync);
 - ``peer``: dlt's ``sql_database`` source (``sql_table``, SQLAlchemy backend, psycopg2) into
   the same kind of target (SQLite through dlt's ``sqlalchemy`` destination, PostgreSQL through
-  its ``postgres`` destination; dlt has no MongoDB destination), write disposition ``merge``
-  on the key (an upsert, as the sync), timed from start to its load, in a thread of the
-  benchmark's process.
+  its ``postgres`` destination; dlt has no MongoDB, Cosmos DB or PostgREST destination: ``-``
+  there), write disposition ``merge`` on the key (an upsert, as the sync), timed from start
+  to its load, in a thread of the benchmark's process.
 
 Prints rows/s of each, sync/raw (goal: >= 0.7), the worker's peak RSS, CPU seconds per 100,000
-rows of the raw copy (the benchmark's process) and of the worker (less noisy than wall-clock
-on a shared machine), the seconds in each step of the sync and in its workflow tasks, and per
-target the peak RSS of the largest size over the smallest's (goal <= 1.2: memory flat). With
+rows of the raw copy (the benchmark's process; for Supabase, with the gateway in front of
+PostgREST, which runs there) and of the worker (less noisy than wall-clock on a shared
+machine), the seconds in each step of the sync and in its workflow tasks, and per target the
+peak RSS of the largest size over the smallest's (goal <= 1.2: memory flat). With
 ``--profile DIR``, py-spy samples each sync's worker (GIL holder only, collapsed stacks in DIR)
 and the worker's CPU per thread is printed. Every figure is wall-clock on whatever else the
 machine runs: the load average before and after is printed beside them.
@@ -59,18 +67,29 @@ from typing import Any
 
 import aiosqlite
 import asyncpg
+import httpx
+from azure.cosmos import PartitionKey
+from azure.cosmos.aio import CosmosClient
+from postgrest import APIError
+from postgrest.types import ReturnMethod
 from pymongo import AsyncMongoClient
+from supabase import AsyncClient, AsyncClientOptions, acreate_client
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
+from tests.servers.cosmosdb import EMULATOR_KEY, running_cosmosdb
 from tests.servers.mongodb import running_mongodb
 from tests.servers.postgres import fresh_database, logical_server
+from tests.servers.supabase import SupabaseStack, running_supabase
 
 from nexpo_workflows.client import connect
 from nexpo_workflows.config import Settings
 from nexpo_workflows.devserver import start_dev_server
 from nexpo_workflows.ports import free_port
+from nexpo_workflows.providers.base import RECORDS_STORE, DatasetRecord
+from nexpo_workflows.providers.cosmosdb import RECORDS_PARTITION_KEY_PATH, concurrently, record_item
+from nexpo_workflows.providers.supabase import DEFAULT_TIMEOUT_SECONDS
 from nexpo_workflows.sync.models import SyncInput, SyncStatus
 from nexpo_workflows.sync.workflow import DataSyncWorkflow, sync_workflow_id
 
@@ -86,9 +105,17 @@ DESCRIPTION = (
 CATEGORIES = ("tools", "garden", "kitchen", "books", "toys")
 TOMBSTONE_EVERY = 50
 WORKER_READY_TIMEOUT_SECONDS = 60.0
+# How long PostgREST may take to see the raw copy's new table (its schema cache reloaded).
+SCHEMA_RELOAD_TIMEOUT_SECONDS = 30.0
 
 # The provider each target is synced through.
-PROVIDERS = {"sqlite": "sqlite", "mongodb": "mongodb", "postgres": "sqlserver"}
+PROVIDERS = {
+    "sqlite": "sqlite",
+    "mongodb": "mongodb",
+    "postgres": "sqlserver",
+    "cosmosdb": "cosmosdb",
+    "supabase": "supabase",
+}
 RawWrite = Callable[[list[asyncpg.Record]], Awaitable[None]]
 
 
@@ -132,6 +159,20 @@ def plain(row: asyncpg.Record) -> tuple[Any, ...]:
         row["updated_at"].isoformat(),
         row["deleted"],
     )
+
+
+def record_fields(row: asyncpg.Record) -> dict[str, Any]:
+    """A source row as the sync's record of it (``DatasetRecord``'s fields as JSON values): the
+    key, a version in microseconds, the tombstone flag and the schema's fields (none for a
+    tombstone), for the targets that store records."""
+    values = plain(row)
+    deleted = values[-1]
+    return {
+        "id": values[0],
+        "version": (row["updated_at"] - START) // timedelta(microseconds=1),
+        "deleted": deleted,
+        "data": {} if deleted else dict(zip(COLUMNS[:-1], values[:-1], strict=True)),
+    }
 
 
 @contextlib.asynccontextmanager
@@ -201,6 +242,96 @@ async def mongodb_sink(url: str, database: str) -> AsyncIterator[RawWrite]:
         yield write
     finally:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def cosmosdb_sink(endpoint: str, database: str, dataset: str) -> AsyncIterator[RawWrite]:
+    """Cosmos DB's write, as the sync's: one ``upsert_item`` per record, the provider's bound of
+    requests in flight, into a records container of its own (partitioned by dataset, items of
+    the provider's shape)."""
+    async with CosmosClient(
+        endpoint, credential=EMULATOR_KEY.get_secret_value(), connection_verify=False
+    ) as client:
+        created = await client.create_database_if_not_exists(database)
+        container = await created.create_container_if_not_exists(
+            RECORDS_STORE, partition_key=PartitionKey(path=RECORDS_PARTITION_KEY_PATH)
+        )
+
+        async def upsert(row: asyncpg.Record) -> None:
+            record = DatasetRecord.model_construct(**record_fields(row))
+            await container.upsert_item(record_item(dataset, record))
+
+        async def write(rows: list[asyncpg.Record]) -> None:
+            await concurrently(upsert, rows)
+
+        yield write
+
+
+async def served(client: AsyncClient, table: str) -> None:
+    """Return once PostgREST writes to ``table``, new since it started: only once its schema
+    cache has reloaded (it reads such a table before, but answers a write with 404). The probe
+    it writes is removed again."""
+    probe = {"dataset": "", "id": "probe", "version": 0, "deleted": True, "data": {}}
+    deadline = time.monotonic() + SCHEMA_RELOAD_TIMEOUT_SECONDS
+    while True:
+        try:
+            await (
+                client.table(table)
+                .upsert(probe, on_conflict="dataset,id", returning=ReturnMethod.minimal)
+                .execute()
+            )
+            break
+        except APIError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
+    await client.table(table).delete(returning=ReturnMethod.minimal).eq("dataset", "").execute()
+
+
+@contextlib.asynccontextmanager
+async def supabase_sink(stack: SupabaseStack, table: str, dataset: str) -> AsyncIterator[RawWrite]:
+    """Supabase's write, as the sync's: the provider's client and one PostgREST upsert of the
+    batch (``on_conflict`` on the key, minimal return), into a table of its own shaped like the
+    records table."""
+    connection = await asyncpg.connect(stack.database_url)
+    try:
+        await connection.execute(
+            f"CREATE TABLE {table} (LIKE {RECORDS_STORE} INCLUDING ALL);"
+            f" GRANT ALL ON {table} TO service_role; NOTIFY pgrst, 'reload schema'"
+        )
+    finally:
+        await connection.close()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(DEFAULT_TIMEOUT_SECONDS)) as http:
+        client = await acreate_client(
+            stack.url,
+            stack.service_role_key,
+            AsyncClientOptions(
+                httpx_client=http,
+                postgrest_client_retry=False,
+                auto_refresh_token=False,
+                persist_session=False,
+            ),
+        )
+        await served(client, table)
+
+        async def write(rows: list[asyncpg.Record]) -> None:
+            records = [{"dataset": dataset, **record_fields(row)} for row in rows]
+            await (
+                client.table(table)
+                .upsert(records, on_conflict="dataset,id", returning=ReturnMethod.minimal)
+                .execute()
+            )
+
+        yield write
+
+
+async def empty_records(stack: SupabaseStack) -> None:
+    """Empty the records table the sync writes to through PostgREST (one for every size)."""
+    connection = await asyncpg.connect(stack.database_url)
+    try:
+        await connection.execute(f"TRUNCATE {RECORDS_STORE}")
+    finally:
+        await connection.close()
 
 
 async def raw_copy(postgres_url: str, batch_size: int, write: RawWrite) -> tuple[float, float]:
@@ -437,6 +568,8 @@ class Bench:
     # Rows per step of the sync (its batch); the raw copy reads and writes ``batch_size``.
     sync_batch_size: int
     mongodb_url: str | None
+    cosmosdb_endpoint: str | None
+    supabase: SupabaseStack | None
     # A directory for py-spy's profile of each sync's worker (collapsed stacks), or None.
     profile: Path | None = None
 
@@ -451,6 +584,25 @@ class Bench:
                 "ENABLE_SQLITE": "false",
                 "ENABLE_SQLSERVER": "true",
                 "SQLSERVER_URL": target_url.replace("postgresql://", "postgresql+asyncpg://", 1),
+            }
+        if target == "cosmosdb":
+            assert self.cosmosdb_endpoint is not None
+            return {
+                "ENABLE_SQLITE": "false",
+                "ENABLE_COSMOSDB": "true",
+                "COSMOSDB_ENDPOINT": self.cosmosdb_endpoint,
+                "COSMOSDB_KEY": EMULATOR_KEY.get_secret_value(),
+                "COSMOSDB_DATABASE": f"bench_sync_{rows}",
+                "COSMOSDB_VERIFY_TLS": "false",
+            }
+        if target == "supabase":
+            assert self.supabase is not None
+            return {
+                "ENABLE_SQLITE": "false",
+                "ENABLE_SUPABASE": "true",
+                "SUPABASE_URL": self.supabase.url,
+                "SUPABASE_SERVICE_ROLE_KEY": self.supabase.service_role_key,
+                "SUPABASE_TABLE": self.supabase.table,
             }
         assert self.mongodb_url is not None
         return {
@@ -468,6 +620,12 @@ class Bench:
         if target == "postgres":
             assert target_url is not None
             return postgres_sink(target_url)
+        if target == "cosmosdb":
+            assert self.cosmosdb_endpoint is not None
+            return cosmosdb_sink(self.cosmosdb_endpoint, f"bench_raw_{rows}", f"bench_{target}")
+        if target == "supabase":
+            assert self.supabase is not None
+            return supabase_sink(self.supabase, f"bench_raw_{rows}", f"bench_{target}")
         assert self.mongodb_url is not None
         return mongodb_sink(self.mongodb_url, f"bench_raw_{rows}")
 
@@ -536,7 +694,12 @@ class Bench:
                     urls[name] = await stack.enter_async_context(fresh_database(self.admin_url))
                 peer_url = await stack.enter_async_context(fresh_database(self.admin_url))
             elif target != "sqlite":
-                peer_url = None  # dlt has no MongoDB destination
+                peer_url = None  # dlt has no MongoDB, Cosmos DB or PostgREST destination
+            if target == "supabase":
+                # One records table for every size: each sync starts from an empty one, as each
+                # size's MongoDB or Cosmos DB database is new.
+                assert self.supabase is not None
+                await empty_records(self.supabase)
             async with self.raw_sink(target, rows, urls["raw"]) as write:
                 raw_rate, raw_cpu = await raw_copy(postgres_url, self.batch_size, write)
             sync_rate, sync_cpu, peak, steps = await self.sync(
@@ -609,6 +772,12 @@ async def main(
         mongodb_url = (
             await stack.enter_async_context(running_mongodb()) if "mongodb" in targets else None
         )
+        cosmosdb_endpoint = (
+            await stack.enter_async_context(running_cosmosdb()) if "cosmosdb" in targets else None
+        )
+        supabase = (
+            await stack.enter_async_context(running_supabase()) if "supabase" in targets else None
+        )
         client = await connect(
             Settings(_env_file=None, enable_temporal=True, temporal_server_url=server.address)
         )
@@ -622,6 +791,8 @@ async def main(
             batch_size,
             sync_batch_size,
             mongodb_url,
+            cosmosdb_endpoint,
+            supabase,
             profile,
         )
         results: dict[tuple[str, int], Figures] = {}
