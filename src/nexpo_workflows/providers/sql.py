@@ -408,6 +408,7 @@ class SQLProvider(DatabaseProvider):
             return
         engine = await self.ready_engine()
         bulk = self._bulk_upsert(engine.dialect)
+        hashes = [row_hash(r.id, r.version, r.deleted) for r in records]
         try:
             async with engine.begin() as connection:
                 if bulk is not None:
@@ -419,7 +420,7 @@ class SQLProvider(DatabaseProvider):
                         "deleted": [r.deleted for r in records],
                         # pydantic-core's encoder: several times faster than json.dumps.
                         "data": [to_json(r.data).decode() for r in records],
-                        "row_hash": [row_hash(r.id, r.version, r.deleted) for r in records],
+                        "row_hash": hashes,
                     }
                     rows = list(zip(*(columns[name] for name in order), strict=True))
                     await connection.exec_driver_sql(sql, rows)
@@ -429,12 +430,8 @@ class SQLProvider(DatabaseProvider):
                 await connection.execute(
                     RecordStatements.insert(),
                     [
-                        {
-                            "dataset": dataset,
-                            **record.model_dump(),
-                            "row_hash": row_hash(record.id, record.version, record.deleted),
-                        }
-                        for record in records
+                        {"dataset": dataset, **record.model_dump(), "row_hash": hashed}
+                        for record, hashed in zip(records, hashes, strict=True)
                     ],
                 )
         except (exc.DBAPIError, OSError) as error:
