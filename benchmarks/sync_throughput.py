@@ -334,19 +334,22 @@ async def empty_records(stack: SupabaseStack) -> None:
         await connection.close()
 
 
-async def raw_copy(postgres_url: str, batch_size: int, write: RawWrite) -> tuple[float, float]:
-    """Rows per second of a keyset read from PostgreSQL, each batch written by ``write``, and
-    the CPU seconds this process spent on it."""
+async def raw_copy(
+    postgres_url: str, batch_size: int, write: RawWrite
+) -> tuple[float, float, float]:
+    """Rows per second of a keyset read from PostgreSQL, each batch written by ``write``, the
+    CPU seconds this process spent on it, and those of the whole machine meanwhile."""
     connection = await asyncpg.connect(postgres_url)
     query = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE id > $1 ORDER BY id LIMIT $2"
     copied, last = 0, ""
     try:
-        began, cpu = time.perf_counter(), time.process_time()
+        began, cpu, machine = time.perf_counter(), time.process_time(), machine_cpu_seconds()
         while batch := await connection.fetch(query, last, batch_size):
             await write(batch)
             copied += len(batch)
             last = batch[-1]["id"]
-        return copied / (time.perf_counter() - began), time.process_time() - cpu
+        rate = copied / (time.perf_counter() - began)
+        return rate, time.process_time() - cpu, machine_cpu_seconds() - machine
     finally:
         await connection.close()
 
@@ -416,10 +419,34 @@ async def wait_for_pollers(
     raise RuntimeError(f"no worker polls {task_queue} after {WORKER_READY_TIMEOUT_SECONDS} s")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: the worker and its read-ahead process."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process ``pid`` has used so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds ``pid`` and its descendants have used so far (every thread);
+    a descendant that has ended no longer counts."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every process of the machine has used so far, all cores together."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -435,10 +462,15 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    """The peak RSS (VmHWM) of ``pid`` and of each of its descendants, summed."""
+    total = 0
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    if not total:
+        raise RuntimeError(f"no VmHWM for process {pid}")
+    return total / 1024
 
 
 @contextlib.asynccontextmanager
@@ -513,6 +545,10 @@ class Figures:
     # sync's worker (its process, every thread): less noisy than wall-clock on a shared machine.
     raw_cpu: float
     sync_cpu: float
+    # CPU seconds per 100,000 rows of the whole machine (every process: servers too) during
+    # each: against the cores there are, how near the copy is to what the machine can do.
+    raw_machine_cpu: float
+    sync_machine_cpu: float
     # None: no peer for this target.
     peer_rate: float | None
     peak_rss_mib: float
@@ -631,9 +667,10 @@ class Bench:
 
     async def sync(
         self, postgres_url: str, target: str, rows: int, target_url: str | None
-    ) -> tuple[float, float, float, dict[str, tuple[float, float]]]:
-        """Rows per second of a full sync to ``target``, the worker's CPU seconds and peak RSS
-        in MiB, and the seconds spent in each step."""
+    ) -> tuple[float, float, float, float, dict[str, tuple[float, float]]]:
+        """Rows per second of a full sync to ``target``, the CPU seconds of the worker (and its
+        read-ahead process) and of the machine, their peak RSS in MiB, and the seconds spent
+        in each step."""
         dataset, task_queue = f"bench_{target}", f"bench-sync-{target}-{rows}"
         dataset_config = {
             "name": dataset,
@@ -659,6 +696,7 @@ class Bench:
         async with running_worker(self.client, environment, task_queue, log) as worker:
             async with profiled(worker.pid, self.profile, f"{target}-{rows}"):
                 began, cpu = time.perf_counter(), cpu_seconds(worker.pid)
+                machine = machine_cpu_seconds()
                 threads = thread_cpu_seconds(worker.pid)
                 result = await self.client.execute_workflow(
                     DataSyncWorkflow.run,
@@ -668,6 +706,7 @@ class Bench:
                 )
                 elapsed = time.perf_counter() - began
                 cpu = cpu_seconds(worker.pid) - cpu
+                machine = machine_cpu_seconds() - machine
                 if self.profile is not None:
                     spent = {
                         name: seconds - threads.get(name, 0.0)
@@ -683,7 +722,7 @@ class Bench:
         if result.status is not SyncStatus.COMPLETED or result.progress.rows_synced != rows:
             raise RuntimeError(f"the sync to {target} did not sync {rows} rows: {result}")
         steps = await step_seconds(self.client, sync_workflow_id(dataset))
-        return rows / elapsed, cpu, peak, steps
+        return rows / elapsed, cpu, machine, peak, steps
 
     async def measure(self, target: str, rows: int, postgres_url: str) -> Figures:
         async with AsyncExitStack() as stack:
@@ -701,8 +740,10 @@ class Bench:
                 assert self.supabase is not None
                 await empty_records(self.supabase)
             async with self.raw_sink(target, rows, urls["raw"]) as write:
-                raw_rate, raw_cpu = await raw_copy(postgres_url, self.batch_size, write)
-            sync_rate, sync_cpu, peak, steps = await self.sync(
+                raw_rate, raw_cpu, raw_machine = await raw_copy(
+                    postgres_url, self.batch_size, write
+                )
+            sync_rate, sync_cpu, sync_machine, peak, steps = await self.sync(
                 postgres_url, target, rows, urls["sync"]
             )
             peer_rate = None
@@ -711,7 +752,17 @@ class Bench:
                     peer_load, postgres_url, rows, peer_url, self.data / "dlt", self.batch_size
                 )
         per = 100_000 / rows
-        return Figures(raw_rate, sync_rate, raw_cpu * per, sync_cpu * per, peer_rate, peak, steps)
+        return Figures(
+            raw_rate,
+            sync_rate,
+            raw_cpu * per,
+            sync_cpu * per,
+            raw_machine * per,
+            sync_machine * per,
+            peer_rate,
+            peak,
+            steps,
+        )
 
 
 def load() -> str:
@@ -729,7 +780,7 @@ def report(
     header = f"{'target':8} {'rows':>9} {'raw rows/s':>11} {'sync rows/s':>12}"
     print(
         f"{header} {'peer rows/s':>12} {'sync/raw':>9} {'worker peak RSS MiB':>20}"
-        f" {'CPU s/100k raw':>15} {'sync':>6}"
+        f" {'CPU s/100k raw':>15} {'sync':>6} {'machine raw':>12} {'sync':>6}"
     )
     for (target, rows), figures in results.items():
         ratio = figures.sync_rate / figures.raw_rate
@@ -737,7 +788,8 @@ def report(
         print(
             f"{target:8} {rows:>9} {figures.raw_rate:11.0f} {figures.sync_rate:12.0f}"
             f" {peer:>12} {ratio:9.2f} {figures.peak_rss_mib:20.1f}"
-            f" {figures.raw_cpu:15.2f} {figures.sync_cpu:6.2f}",
+            f" {figures.raw_cpu:15.2f} {figures.sync_cpu:6.2f}"
+            f" {figures.raw_machine_cpu:12.2f} {figures.sync_machine_cpu:6.2f}",
             flush=True,
         )
     print("seconds in each step of the sync (running on the worker / queued before it ran):")

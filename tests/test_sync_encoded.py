@@ -5,6 +5,7 @@ and date style are not UTC and ISO; where it could differ, it is not used."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import date, datetime
@@ -72,8 +73,9 @@ async def fill_products(connection: asyncpg.Connection) -> None:
     )
 
 
-@pytest.fixture
-async def products() -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def products_database() -> AsyncIterator[str]:
+    """A database holding the products table (its SQLAlchemy URL)."""
     async with fresh_database() as url:
         connection = await asyncpg.connect(url)
         try:
@@ -88,6 +90,12 @@ async def products() -> AsyncIterator[str]:
         finally:
             await connection.close()
         yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture
+async def products() -> AsyncIterator[str]:
+    async with products_database() as url:
+        yield url
 
 
 async def _source(url: str) -> tuple[SourceTable, PostgresProvider]:

@@ -251,6 +251,12 @@ class Settings(BaseSettings):
         "source has nothing new, before it looks again; the lag of a change made while it is "
         "idle is at most about this plus one micro-batch.",
     )
+    sync_read_ahead_process: bool = Field(
+        default=True,
+        description="Read and check a table copy's next batch in a second process of the "
+        "worker, beside the write of the current one (a second core); false: in the worker's "
+        "own process.",
+    )
     # WAL bytes a dataset's replication slot may keep on its PostgreSQL source before the sync
     # status warns (and logs): a sync paused or gone keeps WAL until its slot is dropped.
     sync_slot_lag_warn_bytes: int = Field(default=1 << 30, gt=0)

@@ -12,6 +12,7 @@ from nexpo_workflows.llm import LanguageModel, configured_model
 from nexpo_workflows.notify import Notifier, enabled_notifiers
 from nexpo_workflows.providers import DatabaseProvider, enabled_providers
 from nexpo_workflows.storage import ObjectStore, enabled_stores
+from nexpo_workflows.sync.read_ahead import ReadAheadProcess
 from nexpo_workflows.users.passwords import PasswordHashing
 
 
@@ -25,9 +26,15 @@ class Services:
     notifiers: dict[str, Notifier] = field(default_factory=dict)
     # Shared by every request of the process: its queue bound holds across requests.
     passwords: PasswordHashing = field(init=False)
+    # The process the sync's copies read ahead in (started on first use); None: they read in
+    # this one.
+    read_ahead: ReadAheadProcess | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.passwords = PasswordHashing.from_settings(self.settings)
+        self.read_ahead = (
+            ReadAheadProcess(self.settings) if self.settings.sync_read_ahead_process else None
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Client | None = None) -> Services:
@@ -48,6 +55,8 @@ class Services:
 
     async def close(self) -> None:
         self.passwords.close()
+        if self.read_ahead is not None:
+            await self.read_ahead.close()
         for provider in self.providers.values():
             await provider.close()
         for store in self.stores.values():

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, Field
-from pydantic_core import to_json
+from pydantic_core import from_json, to_json
 
 from nexpo_workflows.config import Settings
 
@@ -91,6 +91,7 @@ class RecordBatch:
     ids: list[str] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     deleted: list[bool] = field(default_factory=list)
+    # Empty where only the JSON text was handed over (``values`` parses it on demand).
     data: list[dict[str, Any]] = field(default_factory=list)
     # ``row_hash`` of each record and its data as JSON text, once computed (``hashes``,
     # ``json_data``); the columns are not changed after.
@@ -110,13 +111,22 @@ class RecordBatch:
     def json_data(self) -> list[str]:
         """Each record's data as JSON text (pydantic-core's encoder), computed once."""
         if self.computed_json is None or len(self.computed_json) != len(self.ids):
-            self.computed_json = [to_json(value).decode() for value in self.data]
+            self.computed_json = [to_json(value).decode() for value in self.values()]
         return self.computed_json
+
+    def values(self) -> list[dict[str, Any]]:
+        """Each record's data as JSON values: ``data``, or parsed from the JSON text once."""
+        if len(self.data) != len(self.ids):
+            assert self.computed_json is not None, "a batch needs its data or their JSON text"
+            self.data = [from_json(text) for text in self.computed_json]
+        return self.data
 
     def records(self) -> list[DatasetRecord]:
         return [
             DatasetRecord(id=i, version=v, deleted=d, data=data)
-            for i, v, d, data in zip(self.ids, self.versions, self.deleted, self.data, strict=True)
+            for i, v, d, data in zip(
+                self.ids, self.versions, self.deleted, self.values(), strict=True
+            )
         ]
 
 

@@ -94,7 +94,7 @@ def batch_documents(dataset: str, batch: RecordBatch) -> list[Document]:
             ROW_HASH_FIELD: hashed,
         }
         for record_id, version, deleted, data, hashed in zip(
-            batch.ids, batch.versions, batch.deleted, batch.data, batch.hashes(), strict=True
+            batch.ids, batch.versions, batch.deleted, batch.values(), batch.hashes(), strict=True
         )
     ]
 

@@ -14,18 +14,16 @@ import contextlib
 import hashlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from pydantic_core import to_json
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from nexpo_workflows.errors import first_line
 from nexpo_workflows.heartbeats import heartbeating
-from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, ProviderUnavailableError
+from nexpo_workflows.providers import DatasetRecord, ProviderUnavailableError
 from nexpo_workflows.providers.base import (
     KeysChecksum,
     RecordBatch,
@@ -44,8 +42,6 @@ from nexpo_workflows.sync.datasets import (
     QUARANTINE_PREFIX,
     WATERMARKS_DATASET,
     DatasetConfigError,
-    RowValidator,
-    find_dataset,
     plan_dataset,
 )
 from nexpo_workflows.sync.erasure import EraseCopiesInput, EraseCopiesResult, erase_copies
@@ -54,7 +50,6 @@ from nexpo_workflows.sync.models import (
     CaptureMode,
     CaptureStart,
     ChangeBatch,
-    DatasetConfig,
     DetectChangesInput,
     LoadWatermarkInput,
     OpenCaptureInput,
@@ -70,28 +65,22 @@ from nexpo_workflows.sync.models import (
     VerifyOutcome,
     Watermark,
 )
-from nexpo_workflows.sync.source import SourceConfigError, SourceRow, SourceTable
+from nexpo_workflows.sync.reading import (
+    BatchReader,
+    Encodings,
+    PreparedBatch,
+    refusal,
+    retrieved,
+)
+from nexpo_workflows.sync.source import SourceConfigError, SourceRow
 
-BAD_DATASET = "BadDatasetConfig"
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
-_AS_JSON = RowValidator(None)
 # Validated batches a worker keeps for the writes that follow (one per dataset in flight).
 VALIDATED_BATCHES_KEPT = 4
 # Keys per checksum that verification compares first; a set that differs is halved until
 # ``READ_BACK_KEYS`` or fewer, whose versions are then read back and compared one by one.
 CHECKSUM_KEYS = 1000
 READ_BACK_KEYS = 125
-
-
-@dataclass(slots=True)
-class PreparedBatch:
-    """A batch as the targets receive it."""
-
-    # Valid rows, as targets store them (upserted), as columns.
-    records: RecordBatch = field(default_factory=RecordBatch)
-    # Keys gone from the source (log capture): deleted from every target.
-    gone: list[str] = field(default_factory=list)
-    quarantine: list[DatasetRecord] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -118,35 +107,19 @@ def _spelled(checksum: KeysChecksum) -> str:
     return f"{checksum.count}:{checksum.total:x}"
 
 
-def _refusal(error: Exception) -> ApplicationError:
-    return ApplicationError(str(error), type=BAD_DATASET, non_retryable=True)
-
-
 def _unavailable(error: ProviderUnavailableError) -> ApplicationError:
     return ApplicationError(str(error), type=PROVIDER_UNAVAILABLE)
-
-
-def _masked(value: Any) -> str:
-    return "sha256:" + hashlib.sha256(to_json(value)).hexdigest()
-
-
-def _carried(dataset: DatasetConfig, data: dict[str, Any]) -> dict[str, Any]:
-    """The fields a dataset copies, masked ones as digests."""
-    if dataset.columns is not None:
-        data = {name: data[name] for name in dataset.columns if name in data}
-    for name in dataset.masked:
-        if name in data:
-            data[name] = _masked(data[name])
-    return data
 
 
 class SyncActivities:
     def __init__(self, services: Services) -> None:
         self._settings = services.settings
         self._providers = services.providers
-        self._sources: dict[str, SourceTable] = {}
+        self._reader = BatchReader(
+            services.settings, services.providers, fetch_ahead=services.read_ahead is None
+        )
+        self._read_ahead = services.read_ahead
         self._logs: dict[str, ChangeLog] = {}
-        self._validators: dict[str, RowValidator] = {}
         # The last batches validated here, as targets store them: the writes of a batch,
         # usually on this worker right after, then neither read nor validate it again. A worker
         # that did not validate the batch reads it itself. Bounded: memory stays flat.
@@ -155,50 +128,18 @@ class SyncActivities:
         # write and verify the current one: its (after, until, limit) and the task.
         self._ahead: dict[str, tuple[tuple[Watermark, str | None, int], asyncio.Task[Any]]] = {}
 
-    def _dataset(self, name: str) -> DatasetConfig:
-        try:
-            return find_dataset(self._settings, name)
-        except DatasetConfigError as error:
-            raise _refusal(error) from error
-
-    def _provider(self, name: str) -> DatabaseProvider:
-        if name not in self._providers:
-            raise _refusal(
-                DatasetConfigError(
-                    f"provider {name!r} is not enabled on this worker; "
-                    f"enabled: {sorted(self._providers)}"
-                )
-            )
-        return self._providers[name]
-
-    def _source(self, plan: SyncPlan) -> SourceTable:
-        if plan.dataset not in self._sources:
-            provider = self._provider(plan.source).sql_source()
-            if provider is None:
-                raise _refusal(DatasetConfigError(f"source {plan.source!r} is not a SQL provider"))
-            self._sources[plan.dataset] = SourceTable(provider, self._dataset(plan.dataset).source)
-        return self._sources[plan.dataset]
-
-    def _validator(self, dataset: str) -> RowValidator:
-        if dataset not in self._validators:
-            try:
-                self._validators[dataset] = RowValidator(self._dataset(dataset).row_schema)
-            except DatasetConfigError as error:
-                raise _refusal(error) from error
-        return self._validators[dataset]
-
     def _log(self, plan: SyncPlan) -> ChangeLog:
         if plan.dataset not in self._logs:
-            provider = self._provider(plan.source).sql_source()
+            provider = self._reader.provider(plan.source).sql_source()
             assert provider is not None  # _source refused it first
-            dataset = self._dataset(plan.dataset)
+            dataset = self._reader.dataset(plan.dataset)
             self._logs[plan.dataset] = change_log(provider, dataset.source, plan.dataset)
         return self._logs[plan.dataset]
 
     async def _rows(self, plan: SyncPlan, batch: ChangeBatch) -> tuple[list[SourceRow], list[str]]:
         """The batch's rows, and (log capture) the keys it changed that are gone."""
         async with heartbeating("reading the source"):
-            source = self._source(plan)
+            source = self._reader.source(plan)
             if batch.kind is not PositionKind.LOG:
                 return await source.rows(batch.after, batch.last), []
             assert batch.last is not None
@@ -219,10 +160,12 @@ class SyncActivities:
         try:
             rows, gone = await self._rows(plan, batch)
         except (SourceConfigError, CaptureRefusedError) as error:
-            raise _refusal(error) from error
+            raise refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
-        return self._keep(plan, batch, self._checked(plan, rows, gone))
+        return self._keep(
+            plan, batch, self._reader.checked(plan, rows, gone, self._encodings(plan))
+        )
 
     def _keep(self, plan: SyncPlan, batch: ChangeBatch, prepared: PreparedBatch) -> PreparedBatch:
         # One run of a dataset at a time, and its batches one after the other: another batch
@@ -235,46 +178,6 @@ class SyncActivities:
             self._validated.popitem(last=False)
         return prepared
 
-    def _checked(self, plan: SyncPlan, rows: list[SourceRow], gone: list[str]) -> PreparedBatch:
-        """``rows`` checked against the dataset's schema: the valid ones as targets store them,
-        the invalid ones as quarantined."""
-        validate = self._validator(plan.dataset)
-        dataset = self._dataset(plan.dataset)
-        prepared = PreparedBatch(gone=gone)
-        # A tombstone carries no fields to check.
-        live = [row for row in rows if not row.deleted]
-        fields, errors = validate.batch([_carried(dataset, row.data) for row in live])
-        checked = iter(enumerate(fields))
-        records = prepared.records
-        for row in rows:
-            data: dict[str, Any] | None = {}
-            if not row.deleted:
-                index, data = next(checked)
-                if data is None:
-                    prepared.quarantine.append(
-                        DatasetRecord(
-                            id=row.id,
-                            version=row.version,
-                            data={"reason": _reason(errors[index]), "row": _AS_JSON(row.data)},
-                        )
-                    )
-                    continue
-            records.ids.append(row.id)
-            records.versions.append(row.version)
-            records.deleted.append(row.deleted)
-            records.data.append(data or {})
-        # Computed here, ahead of the steps that need them when the batch is read ahead: the
-        # hashes for the verification (and a write storing them), the JSON text for SQL writes.
-        records.hashes()
-        self._encode_for_sql(plan, records)
-        return prepared
-
-    def _encode_for_sql(self, plan: SyncPlan, records: RecordBatch) -> None:
-        """The JSON text of each record, computed ahead when a target is a SQL database."""
-        targets = [self._providers.get(target) for target in plan.targets]
-        if any(target is not None and target.sql_source() is not None for target in targets):
-            records.json_data()
-
     async def _prepared(self, plan: SyncPlan, batch: ChangeBatch, *, fresh: bool) -> PreparedBatch:
         """The batch as this worker last prepared it, unless ``fresh`` (or it did not)."""
         kept = None if fresh else self._validated.get((plan.dataset, batch))
@@ -283,7 +186,7 @@ class SyncActivities:
     async def _load_state(self, plan: SyncPlan) -> tuple[Watermark | None, SnapshotState | None]:
         """The dataset's stored position: a polling watermark, or log capture's copy state."""
         try:
-            stored = await self._provider(plan.source).get_records(
+            stored = await self._reader.provider(plan.source).get_records(
                 WATERMARKS_DATASET, [plan.dataset]
             )
         except ProviderUnavailableError as error:
@@ -299,7 +202,7 @@ class SyncActivities:
 
     async def _save_state(self, plan: SyncPlan, record: DatasetRecord) -> None:
         try:
-            await self._provider(plan.source).upsert_records(WATERMARKS_DATASET, [record])
+            await self._reader.provider(plan.source).upsert_records(WATERMARKS_DATASET, [record])
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
 
@@ -323,8 +226,8 @@ class SyncActivities:
         try:
             plan = plan_dataset(self._settings, list(self._providers), input.dataset)
         except DatasetConfigError as error:
-            raise _refusal(error) from error
-        self._validator(plan.dataset)  # refuses a schema this worker cannot import
+            raise refusal(error) from error
+        self._reader.validator(plan.dataset)  # refuses a schema this worker cannot import
         return plan
 
     @activity.defn(name="load_watermark")
@@ -347,12 +250,12 @@ class SyncActivities:
                 # may read rows at any later moment: what it misses or reads early, the log
                 # brings.
                 start = created if created is not None else await log.position()
-                last_key = await self._source(plan).last_key()
+                last_key = await self._reader.source(plan).last_key()
                 state = SnapshotState(version=start, until=last_key, done=last_key is None)
                 await self._save_snapshot(plan, state)
             until = await log.current()
         except (SourceConfigError, CaptureRefusedError) as error:
-            raise _refusal(error) from error
+            raise refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
         if state.done:
@@ -369,7 +272,7 @@ class SyncActivities:
                 return await self._detect_in_log(input)
             return await self._detect_by_polling(input)
         except (SourceConfigError, CaptureRefusedError) as error:
-            raise _refusal(error) from error
+            raise refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
 
@@ -379,7 +282,7 @@ class SyncActivities:
             await self._save_state(
                 plan, DatasetRecord(id=plan.dataset, version=after.version, data={"id": after.id})
             )
-        batch = await self._source(plan).next_batch(after, plan.batch_size)
+        batch = await self._reader.source(plan).next_batch(after, plan.batch_size)
         if input.record:
             if batch.count == 0:
                 return _with_lag(plan, batch, 0.0)
@@ -392,7 +295,7 @@ class SyncActivities:
         if not input.record:
             # An audit: every key range of the table, compared by content; the log untouched.
             start = after or Watermark(kind=PositionKind.SNAPSHOT, version=await log.position())
-            return await self._source(plan).next_batch(start, plan.batch_size)
+            return await self._reader.source(plan).next_batch(start, plan.batch_size)
         if after is not None and after.kind is PositionKind.LOG:
             await log.confirm(after.version)
         if after is not None and after.kind is PositionKind.SNAPSHOT:
@@ -448,7 +351,7 @@ class SyncActivities:
                     DatasetRecord(id=plan.dataset, version=after.version, data={"id": after.id}),
                 )
         except (SourceConfigError, CaptureRefusedError) as error:
-            raise _refusal(error) from error
+            raise refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
 
@@ -471,61 +374,32 @@ class SyncActivities:
                 task.cancel()
         if found is None:
             async with heartbeating("reading the source"):
-                found = await self._read_copy_batch(plan, after, until)
+                found = await self._reader.copy_batch(plan, after, until, self._encodings(plan))
         batch, prepared = found
         if batch.count:
             self._keep(plan, batch, prepared)
         if batch.count == plan.batch_size and batch.last is not None:
-            task = asyncio.create_task(self._read_copy_batch(plan, batch.last, until))
-            task.add_done_callback(_retrieved)
+            task = asyncio.create_task(self._read_ahead_batch(plan, batch.last, until))
+            task.add_done_callback(retrieved)
             self._ahead[plan.dataset] = ((batch.last, until, plan.batch_size), task)
         return batch, prepared
 
-    async def _read_copy_batch(
+    async def _read_ahead_batch(
         self, plan: SyncPlan, after: Watermark, until: str | None
     ) -> tuple[ChangeBatch, PreparedBatch]:
-        encoded = await self._encoded_copy_batch(plan, after, until)
-        if encoded is not None:
-            return encoded
-        rows = await self._source(plan).next_rows(after, plan.batch_size, until)
-        if not rows:
-            return ChangeBatch(after=after, last=None, count=0), PreparedBatch()
-        last = after.model_copy(update={"id": rows[-1].id})
-        batch = ChangeBatch(after=after, last=last, count=len(rows))
-        return batch, self._checked(plan, rows, [])
+        """The copy's batch after ``after`` read and checked in the read-ahead process, or in
+        this one while that process is starting (or where it is not wanted)."""
+        encodings = self._encodings(plan)
+        reading = None
+        if self._read_ahead is not None:
+            reading = self._read_ahead.read(plan, after, until, encodings)
+        if reading is None:
+            return await self._reader.copy_batch(plan, after, until, encodings)
+        return await reading
 
-    async def _encoded_copy_batch(
-        self, plan: SyncPlan, after: Watermark, until: str | None
-    ) -> tuple[ChangeBatch, PreparedBatch] | None:
-        """The copy's next batch encoded by the source and checked in one call, where the
-        source can and every row passes; None otherwise (then it is read row by row, each
-        failing row quarantined with its reason)."""
-        dataset, validator = self._dataset(plan.dataset), self._validator(plan.dataset)
-        fields = validator.plain_fields
-        if fields is None or dataset.masked:
-            return None
-        encoded = await self._source(plan).encoded_rows(
-            after, plan.batch_size, until, fields, dataset.columns
-        )
-        if encoded is None:
-            return None
-        if not encoded.ids:
-            return ChangeBatch(after=after, last=None, count=0), PreparedBatch()
-        live = validator.encoded_batch(encoded.live)
-        if live is None:
-            return None
-        fields_of = iter(live)
-        records = RecordBatch(
-            ids=encoded.ids,
-            versions=[after.version] * len(encoded.ids),
-            deleted=encoded.deleted,
-            data=[{} if gone else next(fields_of) for gone in encoded.deleted],
-            computed_hashes=encoded.hashes,
-        )
-        self._encode_for_sql(plan, records)
-        last = after.model_copy(update={"id": encoded.ids[-1]})
-        batch = ChangeBatch(after=after, last=last, count=len(encoded.ids))
-        return batch, PreparedBatch(records=records)
+    def _encodings(self, plan: SyncPlan) -> Encodings:
+        sql = [self._reader.provider(target).sql_source() is not None for target in plan.targets]
+        return Encodings(json=any(sql), values=not all(sql))
 
     @activity.defn(name="validate_data")
     async def validate_data(self, input: BatchInput) -> ValidationOutcome:
@@ -538,7 +412,7 @@ class SyncActivities:
     async def _quarantined(self, plan: SyncPlan, prepared: PreparedBatch) -> ValidationOutcome:
         """Quarantine the batch's invalid rows (and release the keys gone from the source);
         the batch's validation outcome."""
-        source = self._provider(plan.source)
+        source = self._reader.provider(plan.source)
         quarantine = QUARANTINE_PREFIX + plan.dataset
         try:
             if prepared.quarantine:
@@ -566,7 +440,7 @@ class SyncActivities:
         only = None if input.only_ids is None else set(input.only_ids)
         records = _selected(prepared.records, set(input.skip_ids), only)
         gone = [key for key in prepared.gone if only is None or key in only]
-        target = self._provider(input.target)
+        target = self._reader.provider(input.target)
         try:
             async with heartbeating(f"writing {len(records)} rows"):
                 await target.upsert_batch(plan.dataset, records)
@@ -582,7 +456,7 @@ class SyncActivities:
         """What every target must hold for the batch now: (version, tombstone) by id, the
         keys it must not hold, and (when known) the ``row_hash`` of each wanted id."""
         if batch.kind is PositionKind.VERSIONS:
-            versions = await self._source(plan).versions(batch.after, batch.last)
+            versions = await self._reader.source(plan).versions(batch.after, batch.last)
             wanted = {v.id: (v.version, v.deleted) for v in versions if v.id not in skip}
             return wanted, [], None
         # The rows this worker validated and wrote (a worker that did not reads the batch
@@ -601,7 +475,7 @@ class SyncActivities:
     async def _held(
         self, plan: SyncPlan, target: str, ids: list[str], *, by_content: bool
     ) -> list[RecordVersion]:
-        provider = self._provider(target)
+        provider = self._reader.provider(target)
         if not by_content:
             return await provider.record_versions(plan.dataset, ids)
         return [
@@ -621,7 +495,7 @@ class SyncActivities:
         wanted one (absent from ``wanted``: must not be there), and what the target holds of
         them all. Each set is compared by its checksum, computed in the database; one that
         differs is halved, and a small one read back."""
-        provider = self._provider(target)
+        provider = self._reader.provider(target)
         found = await provider.checksums(plan.dataset, key_sets)
         held = KeysChecksum(sum(c.count for c in found), sum(c.total for c in found))
         pending = [
@@ -700,7 +574,7 @@ class SyncActivities:
                     )
                 )
         except SourceConfigError as error:
-            raise _refusal(error) from error
+            raise refusal(error) from error
         except ProviderUnavailableError as error:
             raise _unavailable(error) from error
         mismatches = [
@@ -739,13 +613,6 @@ class SyncActivities:
         ]
 
 
-def _retrieved(task: asyncio.Task[Any]) -> None:
-    """A read ahead's error, retrieved so asyncio does not log it: the step that wanted the
-    batch reads it again and reports its own."""
-    if not task.cancelled():
-        task.exception()
-
-
 def _selected(records: RecordBatch, skip: set[str], only: set[str] | None) -> RecordBatch:
     """The records whose id is not in ``skip`` and (unless None) is in ``only``."""
     if not skip and only is None:
@@ -755,12 +622,13 @@ def _selected(records: RecordBatch, skip: set[str], only: set[str] | None) -> Re
         for n, record_id in enumerate(records.ids)
         if record_id not in skip and (only is None or record_id in only)
     ]
-    hashes, encoded = records.hashes(), records.computed_json
+    hashes, encoded, data = records.hashes(), records.computed_json, records.data
     return RecordBatch(
         ids=[records.ids[n] for n in keep],
         versions=[records.versions[n] for n in keep],
         deleted=[records.deleted[n] for n in keep],
-        data=[records.data[n] for n in keep],
+        # Left to be parsed from the JSON text, where the batch came without its values.
+        data=[data[n] for n in keep] if len(data) == len(records) else [],
         computed_hashes=[hashes[n] for n in keep],
         computed_json=None if encoded is None else [encoded[n] for n in keep],
     )
@@ -796,9 +664,3 @@ def _record_lag(plan: SyncPlan, lag: float | None) -> None:
     )
     for target in plan.targets:
         gauge.set(lag, {"dataset": plan.dataset, "provider": target})
-
-
-def _reason(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in error.errors()
-    ) or first_line(error)
