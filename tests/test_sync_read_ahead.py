@@ -21,6 +21,7 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.providers import enabled_providers
 from nexpo_workflows.providers.base import RecordBatch
 from nexpo_workflows.services import Services
+from nexpo_workflows.sync.activities import READ_AHEAD_PROCESS_MIN_BATCH
 from nexpo_workflows.sync.datasets import plan_dataset
 from nexpo_workflows.sync.models import (
     PositionKind,
@@ -44,6 +45,8 @@ PRODUCTS = {
     "schema": "tests.test_sync_encoded:Product",
 }
 SQL_TARGET = Encodings(json=True, values=False)
+# A copy long enough for the process to start and be killed while it goes on.
+ROWS = 30 * READ_AHEAD_PROCESS_MIN_BATCH
 
 
 @pytest.fixture
@@ -237,7 +240,7 @@ async def test_a_sync_whose_read_ahead_process_is_killed_mid_copy_loses_nothing(
         enable_postgres=True,
         postgres_url=source_url,
         enable_sqlite=True,
-        sync_batch_size=20,
+        sync_batch_size=READ_AHEAD_PROCESS_MIN_BATCH,
         sync_step_deadline_seconds=60,
         sync_datasets=[
             {
@@ -247,7 +250,7 @@ async def test_a_sync_whose_read_ahead_process_is_killed_mid_copy_loses_nothing(
             }
         ],
     )
-    await source.insert(3000)
+    await source.insert(ROWS)
     services = Services.from_settings(settings, client)
     read_ahead = services.read_ahead
     assert read_ahead is not None  # on by default
@@ -266,7 +269,7 @@ async def test_a_sync_whose_read_ahead_process_is_killed_mid_copy_loses_nothing(
             # Caught up: the next run finds nothing more.
             again = await run_sync(client, settings)
         assert result.status is SyncStatus.COMPLETED
-        assert result.progress.rows_synced == 3000
+        assert result.progress.rows_synced == ROWS
         assert replaced != killed
         await assert_targets_equal_source(settings, source)
         assert again.progress.rows_seen == 0
