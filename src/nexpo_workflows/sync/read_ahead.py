@@ -20,7 +20,9 @@ import logging
 import os
 import pickle
 import struct
+import subprocess
 import sys
+import threading
 from collections.abc import Awaitable
 from typing import IO, Any
 
@@ -47,13 +49,16 @@ class ReadAheadError(Exception):
 
 
 class ReadAheadProcess:
-    """One process reading ahead for a worker's copies, one batch at a time."""
+    """One process reading ahead for a worker's copies, one batch at a time. The pipes are
+    read and written in a thread, where their system calls leave the interpreter lock to the
+    worker's writes and verifications."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._starting: asyncio.Task[int] | None = None
-        self._lock: asyncio.Lock | None = None
+        # One request on the pipes at a time (a start, then reads).
+        self._pipes = threading.Lock()
         # Set when the process could not start: it is not tried again.
         self._refused: str | None = None
         # Set when a request found the process gone, before it is seen to have ended.
@@ -75,7 +80,7 @@ class ReadAheadProcess:
         if self._refused is not None:
             return None
         if self._starting is None:
-            self._starting = asyncio.create_task(self._start())
+            self._starting = asyncio.create_task(asyncio.to_thread(self._start))
         if not self._starting.done():
             return None
         error = self._starting.exception()
@@ -84,42 +89,35 @@ class ReadAheadProcess:
             log.warning("sync: no read-ahead process, copies read ahead here: %s", self._refused)
             self._forget()
             return None
-        if self._lost or self._process is None or self._process.returncode is not None:
+        process = self._process
+        if self._lost or process is None or process.poll() is not None:
             self._forget()  # gone (killed, out of memory): another starts next time
             return None
         # Shielded: a caller that stops waiting leaves the answer to be read off the pipe.
-        return asyncio.shield(self._exchange((plan, after, until, encodings)))
+        request = (plan, after, until, encodings)
+        return asyncio.shield(asyncio.to_thread(self._exchange, process, request))
 
-    async def _start(self) -> int:
+    def _start(self) -> int:
         path = os.pathsep.join(entry for entry in sys.path if entry)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            __name__,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+        process = subprocess.Popen(
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": path},
         )
         self._process = process
-        self._lock = asyncio.Lock()
-        answer = await self._exchange(self._settings)
+        answer = self._exchange(process, self._settings)
         assert isinstance(answer, int)
         return answer
 
-    async def _exchange(self, request: Any) -> Any:
-        process, lock = self._process, self._lock
-        assert process is not None
+    def _exchange(self, process: subprocess.Popen[bytes], request: Any) -> Any:
         assert process.stdin is not None
         assert process.stdout is not None
-        assert lock is not None
-        async with lock:
+        with self._pipes:
             try:
-                body = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-                process.stdin.write(_LENGTH.pack(len(body)) + body)
-                await process.stdin.drain()
-                (length,) = _LENGTH.unpack(await process.stdout.readexactly(_LENGTH.size))
-                failed, answer = pickle.loads(await process.stdout.readexactly(length))
-            except (OSError, asyncio.IncompleteReadError) as error:
+                _send(process.stdin, request)
+                failed, answer = _frame(process.stdout)
+            except (OSError, EOFError) as error:
                 self._lost = True
                 raise ReadAheadError(f"the read-ahead process is gone: {error!r}") from error
         if failed:
@@ -129,34 +127,41 @@ class ReadAheadProcess:
     def _forget(self) -> None:
         process, self._process, self._starting = self._process, None, None
         self._lost = False
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
 
     async def close(self) -> None:
         """End the process (its input closed; killed if it does not end); safe to call twice."""
         process, self._process, self._starting = self._process, None, None
-        if process is None or process.returncode is not None:
-            return
-        assert process.stdin is not None
+        if process is not None and process.poll() is None:
+            await asyncio.to_thread(_end, process)
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    assert process.stdin is not None
+    with contextlib.suppress(OSError):
         process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), CLOSE_TIMEOUT_SECONDS)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+    try:
+        process.wait(CLOSE_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
-# --- In the process ------------------------------------------------------------------------
+# --- Both ends of the pipes, then the process ------------------------------------------------
 
 
 def _frame(stream: IO[bytes]) -> Any:
+    """The next frame's pickle, loaded; EOFError when the stream ends first."""
     header = stream.read(_LENGTH.size)
     if len(header) < _LENGTH.size:
-        raise EOFError
+        raise EOFError("the pipe closed")
     (length,) = _LENGTH.unpack(header)
-    return pickle.loads(stream.read(length))
+    body = stream.read(length)
+    if len(body) < length:
+        raise EOFError("the pipe closed mid-frame")
+    return pickle.loads(body)
 
 
 def _send(stream: IO[bytes], answer: Any) -> None:
@@ -205,9 +210,15 @@ def serve() -> None:
         except Exception as error:
             answer = (True, first_line(error))
         _send(answers, answer)
+    # A batch still being fetched ahead is not wanted any more.
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     for provider in providers.values():
         with contextlib.suppress(Exception):
             loop.run_until_complete(provider.close())
+    loop.close()
 
 
 if __name__ == "__main__":
