@@ -25,11 +25,12 @@ rows, a fresh database on a PostgreSQL server at wal_level=logical holds a sourc
 - ``sync``: DataSyncWorkflow for the dataset (the copy of the table: read, validation by the
   dataset's pydantic schema, write, verification) on an in-memory Temporal dev server, run by
   ``nexpo-workflows worker`` in a process of its own, in batches of ``--sync-batch-size``
-  (default: ``--batch-size``), timed from start to result, with the worker's peak RSS (VmHWM)
-  and CPU seconds; the PostgreSQL target is the SQL provider of the ``sqlserver`` slot given a
-  PostgreSQL URL (the worker's ``postgres`` provider is the source); the ``cosmosdb`` and
-  ``supabase`` targets are those providers, on the same servers as their raw copy (Cosmos
-  DB: a new database per size; Supabase: its one records table emptied before each sync);
+  (default: ``--batch-size``), timed from start to result, with the peak RSS (VmHWM) and CPU
+  seconds of the worker and its read-ahead process together; the PostgreSQL target is the SQL
+  provider of the ``sqlserver`` slot given a PostgreSQL URL (the worker's ``postgres`` provider is
+  the source); the ``cosmosdb`` and ``supabase`` targets are those providers, on the same servers
+  as their raw copy (Cosmos DB: a new database per size; Supabase: its one records table emptied
+  before each sync);
 - ``peer``: dlt's ``sql_database`` source (``sql_table``, SQLAlchemy backend, psycopg2) into
   the same kind of target (SQLite through dlt's ``sqlalchemy`` destination, PostgreSQL through
   its ``postgres`` destination; dlt has no MongoDB, Cosmos DB or PostgREST destination: ``-``
@@ -38,12 +39,13 @@ rows, a fresh database on a PostgreSQL server at wal_level=logical holds a sourc
 
 Prints rows/s of each, sync/raw (goal: >= 0.7), the worker's peak RSS, CPU seconds per 100,000
 rows of the raw copy (the benchmark's process; for Supabase, with the gateway in front of
-PostgREST, which runs there) and of the worker (less noisy than wall-clock on a shared
-machine), the seconds in each step of the sync and in its workflow tasks, and per target the
-peak RSS of the largest size over the smallest's (goal <= 1.2: memory flat). With
-``--profile DIR``, py-spy samples each sync's worker (GIL holder only, collapsed stacks in DIR)
-and the worker's CPU per thread is printed. Every figure is wall-clock on whatever else the
-machine runs: the load average before and after is printed beside them.
+PostgREST, which runs there) and of the worker (less noisy than wall-clock on a shared machine),
+the whole machine's CPU seconds per 100,000 rows during each copy (servers included: against its
+cores, how near a copy is to what the machine can do), the seconds in each step of the sync and in
+its workflow tasks, and per target the peak RSS of the largest size over the smallest's (goal <=
+1.2: memory flat). With ``--profile DIR``, py-spy samples each sync's worker (GIL holder only,
+collapsed stacks in DIR) and the worker's CPU per thread is printed. Every figure is wall-clock on
+whatever else the machine runs: the load average before and after is printed beside them.
 """
 
 from __future__ import annotations
@@ -542,7 +544,8 @@ class Figures:
     raw_rate: float
     sync_rate: float
     # CPU seconds per 100,000 rows: of the raw copy (the benchmark's process) and of the
-    # sync's worker (its process, every thread): less noisy than wall-clock on a shared machine.
+    # sync's worker (its process and its read-ahead process, every thread): less noisy than
+    # wall-clock on a shared machine.
     raw_cpu: float
     sync_cpu: float
     # CPU seconds per 100,000 rows of the whole machine (every process: servers too) during
