@@ -21,6 +21,7 @@ from nexpo_workflows.config import Settings
 from nexpo_workflows.providers import enabled_providers
 from nexpo_workflows.providers.base import RecordBatch
 from nexpo_workflows.services import Services
+from nexpo_workflows.sync import read_ahead
 from nexpo_workflows.sync.activities import READ_AHEAD_PROCESS_MIN_BATCH
 from nexpo_workflows.sync.datasets import plan_dataset
 from nexpo_workflows.sync.models import (
@@ -166,6 +167,26 @@ async def test_a_killed_process_is_replaced_and_its_batch_read_again(
         await process.close()
         for provider in providers.values():
             await provider.close()
+
+
+async def test_a_stuck_process_is_killed_and_replaced(
+    products: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = products_settings(products, tmp_path)
+    plan = plan_dataset(settings, ["postgres", "sqlite"], "products")
+    monkeypatch.setattr(read_ahead, "READ_TIMEOUT_SECONDS", 1.0)
+    process = ReadAheadProcess(settings)
+    try:
+        stuck = await started(process, plan, SQL_TARGET)
+        os.kill(stuck, signal.SIGSTOP)  # as a source that never answers would leave it
+        reading = process.read(plan, START, None, SQL_TARGET)
+        assert reading is not None
+        with pytest.raises(ReadAheadError, match="no answer"):
+            await reading
+        await eventually(lambda: _gone(stuck), seconds=10)
+        assert await started(process, plan, SQL_TARGET) != stuck
+    finally:
+        await process.close()
 
 
 async def test_the_process_ends_with_a_worker_killed_outright(

@@ -80,10 +80,10 @@ VALIDATED_BATCHES_KEPT = 4
 # Keys per checksum that verification compares first; a set that differs is halved until
 # ``READ_BACK_KEYS`` or fewer, whose versions are then read back and compared one by one.
 CHECKSUM_KEYS = 1000
+READ_BACK_KEYS = 125
 # Batches smaller than this are read ahead in the worker's own process: their checks are too
 # short for a second process (about 0.5 s of CPU and 100 MiB to start) to pay for itself.
 READ_AHEAD_PROCESS_MIN_BATCH = 1000
-READ_BACK_KEYS = 125
 
 
 @dataclass(slots=True)
@@ -370,9 +370,10 @@ class SyncActivities:
         if ahead is not None:
             position, task = ahead
             if position == wanted:
-                with contextlib.suppress(Exception):
-                    # A read ahead that failed is read again here, where its error counts.
-                    found = await task
+                async with heartbeating("reading the source"):
+                    with contextlib.suppress(Exception):
+                        # A read ahead that failed is read again here, where its error counts.
+                        found = await task
             else:
                 task.cancel()
         if found is None:

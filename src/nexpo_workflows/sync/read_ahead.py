@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # A frame on the pipes: its length, then a pickle.
 _LENGTH = struct.Struct("!Q")
+# How long a read ahead may take before the process is taken for stuck (a batch of 100,000 rows
+# takes about a second).
+READ_TIMEOUT_SECONDS = 60.0
 # How long a closing worker waits for the process to end before it kills it.
 CLOSE_TIMEOUT_SECONDS = 5.0
 
@@ -93,9 +96,19 @@ class ReadAheadProcess:
         if self._lost or process is None or process.poll() is not None:
             self._forget()  # gone (killed, out of memory): another starts next time
             return None
-        # Shielded: a caller that stops waiting leaves the answer to be read off the pipe.
-        request = (plan, after, until, encodings)
-        return asyncio.shield(asyncio.to_thread(self._exchange, process, request))
+        return self._answer(process, (plan, after, until, encodings))
+
+    async def _answer(self, process: subprocess.Popen[bytes], request: Any) -> Any:
+        exchange = asyncio.ensure_future(asyncio.to_thread(self._exchange, process, request))
+        try:
+            # Shielded: a caller that stops waiting leaves the answer to be read off the pipe.
+            return await asyncio.wait_for(asyncio.shield(exchange), READ_TIMEOUT_SECONDS)
+        except TimeoutError:
+            # Stuck (a source that never answers, a stopped process): killed, its pipes close
+            # and free the next request; another process starts for the next batch.
+            self._lost = True
+            process.kill()
+            raise ReadAheadError(f"no answer in {READ_TIMEOUT_SECONDS:.0f} s") from None
 
     def _start(self) -> int:
         path = os.pathsep.join(entry for entry in sys.path if entry)
@@ -164,8 +177,8 @@ def _frame(stream: IO[bytes]) -> Any:
     return pickle.loads(body)
 
 
-def _send(stream: IO[bytes], answer: Any) -> None:
-    body = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+def _send(stream: IO[bytes], value: Any) -> None:
+    body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_LENGTH.pack(len(body)) + body)
     stream.flush()
 
