@@ -47,7 +47,7 @@ PRODUCTS = {
 }
 SQL_TARGET = Encodings(json=True, values=False)
 # A copy long enough for the process to start and be killed while it goes on.
-ROWS = 30 * READ_AHEAD_PROCESS_MIN_BATCH
+ROWS = 60 * READ_AHEAD_PROCESS_MIN_BATCH
 
 
 @pytest.fixture
