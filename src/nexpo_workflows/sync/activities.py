@@ -10,7 +10,6 @@ counts, whatever the number of rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 from collections import OrderedDict
@@ -69,8 +68,8 @@ from nexpo_workflows.sync.reading import (
     BatchReader,
     Encodings,
     PreparedBatch,
+    WorkAhead,
     refusal,
-    retrieved,
 )
 from nexpo_workflows.sync.source import SourceConfigError, SourceRow
 
@@ -128,8 +127,8 @@ class SyncActivities:
         # that did not validate the batch reads it itself. Bounded: memory stays flat.
         self._validated: OrderedDict[tuple[str, ChangeBatch], PreparedBatch] = OrderedDict()
         # Per dataset, the copy's next batch being read and checked ahead, while the targets
-        # write and verify the current one: its (after, until, limit) and the task.
-        self._ahead: dict[str, tuple[tuple[Watermark, str | None, int], asyncio.Task[Any]]] = {}
+        # write and verify the current one.
+        self._ahead: WorkAhead[tuple[ChangeBatch, PreparedBatch]] = WorkAhead()
 
     def _log(self, plan: SyncPlan) -> ChangeLog:
         if plan.dataset not in self._logs:
@@ -364,28 +363,17 @@ class SyncActivities:
         """The copy's next batch after ``after``, read with its rows in one query and checked
         (kept for the writes); the batch after it is then read and checked in the background,
         so that work overlaps the writes and verification of this one."""
-        wanted = (after, until, plan.batch_size)
-        ahead = self._ahead.pop(plan.dataset, None)
-        found: tuple[ChangeBatch, PreparedBatch] | None = None
-        if ahead is not None:
-            position, task = ahead
-            if position == wanted:
-                async with heartbeating("reading the source"):
-                    with contextlib.suppress(Exception):
-                        # A read ahead that failed is read again here, where its error counts.
-                        found = await task
-            else:
-                task.cancel()
-        if found is None:
-            async with heartbeating("reading the source"):
+        async with heartbeating("reading the source"):
+            found = await self._ahead.take(plan, after, until)
+            if found is None:  # none read ahead, or it failed: read here, where errors count
                 found = await self._reader.copy_batch(plan, after, until, self._encodings(plan))
         batch, prepared = found
         if batch.count:
             self._keep(plan, batch, prepared)
         if batch.count == plan.batch_size and batch.last is not None:
-            task = asyncio.create_task(self._read_ahead_batch(plan, batch.last, until))
-            task.add_done_callback(retrieved)
-            self._ahead[plan.dataset] = ((batch.last, until, plan.batch_size), task)
+            self._ahead.start(
+                plan, batch.last, until, self._read_ahead_batch(plan, batch.last, until)
+            )
         return batch, prepared
 
     async def _read_ahead_batch(

@@ -6,11 +6,10 @@ process of its own (``read_ahead``), which builds one of these from the same set
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 from pydantic_core import to_json
@@ -25,6 +24,7 @@ from nexpo_workflows.sync.models import ChangeBatch, DatasetConfig, SyncPlan, Wa
 from nexpo_workflows.sync.source import EncodedRows, SourceRow, SourceTable
 
 BAD_DATASET = "BadDatasetConfig"
+T = TypeVar("T")
 _AS_JSON = RowValidator(None)
 
 
@@ -90,10 +90,8 @@ class BatchReader:
         self._fetch_ahead = fetch_ahead
         self._sources: dict[str, SourceTable] = {}
         self._validators: dict[str, RowValidator] = {}
-        # Per dataset, the copy's next encoded rows being fetched: (after, until, limit), task.
-        self._fetching: dict[
-            str, tuple[tuple[Watermark, str | None, int], asyncio.Task[EncodedRows | None]]
-        ] = {}
+        # Per dataset, the copy's next encoded rows being fetched.
+        self._fetching: WorkAhead[EncodedRows | None] = WorkAhead()
 
     def dataset(self, name: str) -> DatasetConfig:
         try:
@@ -196,10 +194,8 @@ class BatchReader:
             return ChangeBatch(after=after, last=None, count=0), PreparedBatch()
         last = after.model_copy(update={"id": encoded.ids[-1]})
         if self._fetch_ahead and len(encoded.ids) == plan.batch_size:
-            task = asyncio.create_task(self._fetch(plan, last, until))
-            task.add_done_callback(retrieved)
-            self._fetching[plan.dataset] = ((last, until, plan.batch_size), task)
-        # In a thread, so the event loop sends the next fetch while the checks run.
+            self._fetching.start(plan, last, until, self._fetch(plan, last, until))
+        # In a thread: the event loop goes on meanwhile (it sends the fetch ahead, if any).
         records = await asyncio.to_thread(_encoded_records, validator, encoded, after, encodings)
         if records is None:
             return None
@@ -210,14 +206,8 @@ class BatchReader:
         self, plan: SyncPlan, after: Watermark, until: str | None
     ) -> EncodedRows | None:
         """The encoded rows after ``after``: fetched ahead (unless it failed), or now."""
-        fetching = self._fetching.pop(plan.dataset, None)
-        if fetching is not None:
-            position, task = fetching
-            if position == (after, until, plan.batch_size):
-                with contextlib.suppress(Exception):
-                    # A fetch ahead that failed is fetched again here, where its error counts.
-                    return await task
-        return await self._fetch(plan, after, until)
+        fetched = await self._fetching.take(plan, after, until)
+        return fetched if fetched is not None else await self._fetch(plan, after, until)
 
     async def _fetch(
         self, plan: SyncPlan, after: Watermark, until: str | None
@@ -249,8 +239,38 @@ def _encoded_records(
     return records
 
 
-def retrieved(task: asyncio.Task[Any]) -> None:
+def _retrieved(task: asyncio.Task[Any]) -> None:
     """A task's error, retrieved so asyncio does not log it: whoever wanted its result does
     the work again and reports its own."""
     if not task.cancelled():
         task.exception()
+
+
+class WorkAhead(Generic[T]):
+    """Per dataset, one piece of a copy's work started ahead for the batch after a position:
+    taken by whoever asks for that very batch, dropped (cancelled) when another is asked for."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, tuple[tuple[Watermark, str | None, int], asyncio.Task[T]]] = {}
+
+    def start(
+        self, plan: SyncPlan, after: Watermark, until: str | None, work: Coroutine[Any, Any, T]
+    ) -> None:
+        task = asyncio.create_task(work)
+        task.add_done_callback(_retrieved)
+        self._started[plan.dataset] = ((after, until, plan.batch_size), task)
+
+    async def take(self, plan: SyncPlan, after: Watermark, until: str | None) -> T | None:
+        """What was started for the batch after ``after``; None when nothing was, or it failed
+        (the caller does the work again, where its error counts)."""
+        started = self._started.pop(plan.dataset, None)
+        if started is None:
+            return None
+        position, task = started
+        if position != (after, until, plan.batch_size):
+            task.cancel()
+            return None
+        try:
+            return await task
+        except Exception:
+            return None
