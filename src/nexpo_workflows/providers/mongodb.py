@@ -43,10 +43,11 @@ from nexpo_workflows.providers.base import (
 Document = dict[str, Any]
 
 COLLECTION = "users"
-# Keys per $in query. SecantusDB takes more than linearly longer as the list grows (5 s to
-# read 5,000 records 1,000 at a time, 1.2 s 200 at a time); a real server reads 200 documents
-# in a round trip of a few milliseconds.
-IN_LIST_CHUNK = 200
+# Keys per $in query; the queries of one call are sent together. SecantusDB takes more than
+# linearly longer as the list grows: the checksums of 10,000 records took 1.8 s 200 keys at a
+# time, 1.1 s 100, 0.8 s 25, 1.0 s 10, 1.5 s 5 (a real server looks up 25 keys in a fraction
+# of a millisecond, and answers the queries of a call side by side).
+IN_LIST_CHUNK = 25
 
 RECORD_PROJECTION = {"_id": 0, "id": 1, "version": 1, "deleted": 1, "data": 1}
 VERSION_PROJECTION = {"_id": 0, "id": 1, "version": 1, "deleted": 1}
@@ -266,27 +267,28 @@ class MongoProvider(DatabaseProvider):
         self, dataset: str, key_sets: Sequence[Sequence[str]]
     ) -> list[KeysChecksum]:
         collection = await self._ready_records()
+
+        async def summed(chunk: Sequence[str]) -> KeysChecksum:
+            cursor = await collection.aggregate(
+                [
+                    {"$match": records_filter(dataset, chunk)},
+                    {
+                        "$group": {
+                            "_id": None,
+                            "count": {"$sum": 1},
+                            "total": {"$sum": f"${ROW_HASH_FIELD}"},
+                        }
+                    },
+                ]
+            )
+            groups = await cursor.to_list()  # none where no key is there
+            return KeysChecksum(sum(g["count"] for g in groups), sum(g["total"] for g in groups))
+
         found = []
         try:
             for keys in key_sets:
-                count = total = 0
-                for chunk in chunked(keys, IN_LIST_CHUNK):
-                    cursor = await collection.aggregate(
-                        [
-                            {"$match": records_filter(dataset, chunk)},
-                            {
-                                "$group": {
-                                    "_id": None,
-                                    "count": {"$sum": 1},
-                                    "total": {"$sum": f"${ROW_HASH_FIELD}"},
-                                }
-                            },
-                        ]
-                    )
-                    for group in await cursor.to_list():
-                        count += group["count"]
-                        total += group["total"]
-                found.append(KeysChecksum(count, total))
+                parts = await asyncio.gather(*map(summed, chunked(keys, IN_LIST_CHUNK)))
+                found.append(KeysChecksum(sum(p.count for p in parts), sum(p.total for p in parts)))
         except UNAVAILABLE as error:
             raise self._unavailable(error) from error
         return found
@@ -295,13 +297,16 @@ class MongoProvider(DatabaseProvider):
         self, dataset: str, ids: Sequence[str], projection: Document
     ) -> list[Document]:
         collection = await self._ready_records()
-        found: list[Document] = []
         try:
-            for chunk in chunked(ids, IN_LIST_CHUNK):
-                found += await collection.find(records_filter(dataset, chunk), projection).to_list()
+            parts = await asyncio.gather(
+                *(
+                    collection.find(records_filter(dataset, chunk), projection).to_list()
+                    for chunk in chunked(ids, IN_LIST_CHUNK)
+                )
+            )
         except UNAVAILABLE as error:
             raise self._unavailable(error) from error
-        return found
+        return [document for part in parts for document in part]
 
     async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
         documents = await self._find_in_chunks(dataset, ids, RECORD_PROJECTION)
