@@ -8,20 +8,37 @@ from typing import Any
 
 import asyncpg
 import pytest
+from postgrest import APIError
 from pydantic import SecretStr
 
 from nexpo_workflows.config import Settings
 from nexpo_workflows.ports import free_port
 from nexpo_workflows.providers import DatabaseProvider, DatasetRecord, ProviderUnavailableError
-from nexpo_workflows.providers.supabase import SupabaseProvider, schema_sql, url_chunks
-from tests.provider_contract import ProviderContract, by_id, make_user
+from nexpo_workflows.providers.base import KeysChecksum, RecordVersion, keys_checksum
+from nexpo_workflows.providers.supabase import (
+    CHECKSUMS_FUNCTION,
+    SupabaseProvider,
+    schema_sql,
+    url_chunks,
+)
+from tests.provider_contract import ProviderContract, by_id, make_records, make_user
 from tests.servers.supabase import SupabaseStack, make_jwt, running_supabase
+from tests.sync_source import eventually
 
 
 @pytest.fixture(scope="module")
 async def supabase() -> AsyncIterator[SupabaseStack]:
     async with running_supabase() as stack:
         yield stack
+
+
+async def migrated(stack: SupabaseStack, sql: str) -> None:
+    """Run ``sql`` on the project's database and have PostgREST reload its schema."""
+    connection = await asyncpg.connect(stack.database_url)
+    try:
+        await connection.execute(f"{sql}; NOTIFY pgrst, 'reload schema'")
+    finally:
+        await connection.close()
 
 
 def settings_for(stack: SupabaseStack, **overrides: Any) -> Settings:
@@ -86,6 +103,63 @@ class TestSupabaseProvider(ProviderContract):
             await connection.execute(schema_sql(supabase.table))
         finally:
             await connection.close()
+
+    async def test_checksums_are_summed_by_the_database_in_one_request(
+        self, provider: SupabaseProvider, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        written = make_records(50)
+        await provider.upsert_records("summed", written)
+        versions = [RecordVersion(id=r.id, version=r.version, deleted=r.deleted) for r in written]
+
+        async def not_read_back(*_: Any) -> list[RecordVersion]:
+            raise AssertionError("the versions were read back")
+
+        monkeypatch.setattr(provider, "record_versions", not_read_back)
+        ids = [r.id for r in written]
+        assert await provider.checksums("summed", [ids[:20], ids[20:], [], ids[:1] * 3]) == [
+            keys_checksum(versions[:20]),
+            keys_checksum(versions[20:]),
+            KeysChecksum(0, 0),
+            keys_checksum(versions[:1]),  # a key named twice counts once
+        ]
+
+    async def test_a_schema_without_the_checksum_function_reads_versions_back_with_a_warning(
+        self,
+        provider: SupabaseProvider,
+        supabase: SupabaseStack,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        written = make_records(30)
+        await provider.upsert_records("older_schema", written)
+        versions = [RecordVersion(id=r.id, version=r.version, deleted=r.deleted) for r in written]
+        expected = [keys_checksum(versions[:10]), keys_checksum(versions[10:])]
+        key_sets = [[r.id for r in written[:10]], [r.id for r in written[10:]]]
+        warning = f"function {CHECKSUMS_FUNCTION} not found"
+
+        async def warned() -> bool | None:
+            found = await provider.checksums("older_schema", key_sets)
+            assert found == expected
+            return True if warning in caplog.text else None
+
+        await migrated(supabase, f"DROP FUNCTION {CHECKSUMS_FUNCTION}(text, jsonb)")
+        try:
+            await eventually(warned)
+            assert await provider.checksums("older_schema", key_sets) == expected
+            assert caplog.text.count(warning) == 1
+        finally:
+            await migrated(supabase, schema_sql(supabase.table))
+
+        async def summed_again() -> bool | None:
+            client = await provider._ready_client()
+            try:
+                await client.rpc(
+                    CHECKSUMS_FUNCTION, {"dataset_name": "x", "key_sets": []}
+                ).execute()
+            except APIError:
+                return None
+            return True
+
+        await eventually(summed_again)
 
     async def test_a_missing_table_names_the_migration(self, supabase: SupabaseStack) -> None:
         provider = SupabaseProvider.from_settings(

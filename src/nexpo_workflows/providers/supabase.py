@@ -10,6 +10,7 @@ one table of every dataset's records.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator, Sequence
 from typing import ClassVar, Self
 from urllib.parse import quote
@@ -18,7 +19,7 @@ import httpx
 from postgrest import APIError
 from postgrest.types import JSON, CountMethod, ReturnMethod
 from postgrest.utils import sanitize_param
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from nexpo_workflows.config import Settings
@@ -28,10 +29,15 @@ from nexpo_workflows.providers.base import (
     DatasetRecord,
     DuplicateEmailError,
     InvalidRecordError,
+    KeysChecksum,
     ProviderUnavailableError,
+    RecordBatch,
     RecordVersion,
     UserRecord,
 )
+from nexpo_workflows.providers.sql import postgres_row_hash
+
+log = logging.getLogger(__name__)
 
 # The migration, to format with the table names quoted (see ``schema_sql``).
 SCHEMA_SQL = """\
@@ -53,7 +59,24 @@ CREATE TABLE IF NOT EXISTS {records} (
     PRIMARY KEY (dataset, id)
 );
 GRANT ALL ON {records} TO service_role;
+CREATE OR REPLACE FUNCTION {checksums}(dataset_name text, key_sets jsonb)
+RETURNS TABLE (key_set integer, count bigint, total numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT s.n::integer, count(r.id), coalesce(sum({row_hash}), 0)
+    FROM jsonb_array_elements(key_sets) WITH ORDINALITY AS s(keys, n)
+    LEFT JOIN LATERAL (SELECT DISTINCT jsonb_array_elements_text(s.keys) AS key) AS k ON true
+    LEFT JOIN {records} AS r ON r.dataset = dataset_name AND r.id = k.key
+    GROUP BY s.n ORDER BY s.n
+$$;
+GRANT EXECUTE ON FUNCTION {checksums}(text, jsonb) TO service_role;
 """
+# Verification's checksums, computed by PostgreSQL behind PostgREST: called as an RPC with
+# every key set of a call in one request body.
+CHECKSUMS_FUNCTION = "nexpo_records_checksums"
+# A schema from before the function: PostgREST's code for a function not in its schema cache,
+# and PostgreSQL's for one dropped since the cache was loaded.
+UNDEFINED_FUNCTION_CODES = frozenset({"PGRST202", "42883"})
+_CHECKSUM_ROWS = TypeAdapter(list[dict[str, int]])
 
 UNIQUE_VIOLATION = "23505"
 # PostgreSQL's class 22 "data exception" (a NUL character in text or jsonb, a value too long)
@@ -81,7 +104,10 @@ def _quote_identifier(name: str) -> str:
 def schema_sql(table: str) -> str:
     """The migration creating ``table`` and the records table; running it again changes nothing."""
     return SCHEMA_SQL.format(
-        table=_quote_identifier(table), records=_quote_identifier(RECORDS_STORE)
+        table=_quote_identifier(table),
+        records=_quote_identifier(RECORDS_STORE),
+        checksums=_quote_identifier(CHECKSUMS_FUNCTION),
+        row_hash=postgres_row_hash("r.id", "r.version", "r.deleted"),
     )
 
 
@@ -117,6 +143,7 @@ class SupabaseProvider(DatabaseProvider):
         self._http: httpx.AsyncClient | None = None
         # Concurrent first calls would otherwise each open (and leak) an HTTP client.
         self._connect_lock = asyncio.Lock()
+        self._warned_old_schema = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -271,6 +298,56 @@ class SupabaseProvider(DatabaseProvider):
             )
         except (APIError, httpx.TransportError) as error:
             raise self._classified(error) from error
+
+    async def upsert_batch(self, dataset: str, batch: RecordBatch) -> None:
+        """One upsert request of the columns, with no model per record."""
+        if not batch:
+            return
+        client = await self._ready_client()
+        rows = [
+            {"dataset": dataset, "id": i, "version": v, "deleted": d, "data": data}
+            for i, v, d, data in zip(
+                batch.ids, batch.versions, batch.deleted, batch.values(), strict=True
+            )
+        ]
+        try:
+            await (
+                client.table(RECORDS_STORE)
+                .upsert(rows, on_conflict="dataset,id", returning=ReturnMethod.minimal)
+                .execute()
+            )
+        except (APIError, httpx.TransportError) as error:
+            raise self._classified(error) from error
+
+    async def checksums(
+        self, dataset: str, key_sets: Sequence[Sequence[str]]
+    ) -> list[KeysChecksum]:
+        """Every set's count and ``row_hash`` sum from the migration's function, in one
+        request; on a schema from before that function, from the versions read back."""
+        if not key_sets:
+            return []
+        client = await self._ready_client()
+        try:
+            response = await client.rpc(
+                CHECKSUMS_FUNCTION,
+                {"dataset_name": dataset, "key_sets": [list(keys) for keys in key_sets]},
+            ).execute()
+        except APIError as error:
+            if error.code not in UNDEFINED_FUNCTION_CODES:
+                raise self._classified(error) from error
+            if not self._warned_old_schema:
+                self._warned_old_schema = True
+                log.warning(
+                    "%s: verification reads versions back: function %s not found; "
+                    "run the Supabase migration: nexpo-workflows db init",
+                    self.name,
+                    CHECKSUMS_FUNCTION,
+                )
+            return await super().checksums(dataset, key_sets)
+        except httpx.TransportError as error:
+            raise self._classified(error) from error
+        rows = _CHECKSUM_ROWS.validate_python(response.data)
+        return [KeysChecksum(row["count"], row["total"]) for row in rows]
 
     async def _select_records(self, dataset: str, ids: Sequence[str], columns: str) -> list[JSON]:
         client = await self._ready_client()
