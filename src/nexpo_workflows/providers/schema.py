@@ -14,14 +14,17 @@ async def create_schemas(settings: Settings) -> list[str]:
         import asyncpg
 
         from nexpo_workflows.providers.base import RECORDS_STORE
-        from nexpo_workflows.providers.supabase import schema_sql
+        from nexpo_workflows.providers.supabase import CHECKSUMS_FUNCTION, schema_sql
 
         connection = await asyncpg.connect(settings.supabase_db_url.get_secret_value())
         try:
             await connection.execute(schema_sql(settings.supabase_table))
         finally:
             await connection.close()
-        done.append(f"supabase: tables {settings.supabase_table} and {RECORDS_STORE} ready")
+        done.append(
+            f"supabase: tables {settings.supabase_table} and {RECORDS_STORE},"
+            f" function {CHECKSUMS_FUNCTION} ready"
+        )
     for name, provider in enabled_providers(settings).items():
         try:
             await provider.connect()

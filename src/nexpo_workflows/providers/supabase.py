@@ -69,6 +69,7 @@ LANGUAGE sql STABLE AS $$
     GROUP BY s.n ORDER BY s.n
 $$;
 GRANT EXECUTE ON FUNCTION {checksums}(text, jsonb) TO service_role;
+NOTIFY pgrst, 'reload schema';
 """
 # Verification's checksums, computed by PostgreSQL behind PostgREST: called as an RPC with
 # every key set of a call in one request body.
