@@ -62,17 +62,22 @@ GRANT ALL ON {records} TO service_role;
 CREATE OR REPLACE FUNCTION {checksums}(dataset_name text, key_sets jsonb)
 RETURNS TABLE (key_set integer, count bigint, total numeric)
 LANGUAGE sql STABLE AS $$
-    SELECT s.n::integer, count(r.id), coalesce(sum({row_hash}), 0)
+    SELECT s.n::integer, c.count, c.total
     FROM jsonb_array_elements(key_sets) WITH ORDINALITY AS s(keys, n)
-    LEFT JOIN LATERAL (SELECT DISTINCT jsonb_array_elements_text(s.keys) AS key) AS k ON true
-    LEFT JOIN {records} AS r ON r.dataset = dataset_name AND r.id = k.key
-    GROUP BY s.n ORDER BY s.n
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS count, coalesce(sum({row_hash}), 0) AS total FROM {records} AS r
+        WHERE r.dataset = dataset_name
+        AND r.id = ANY (ARRAY(SELECT jsonb_array_elements_text(s.keys)))
+    ) AS c
+    ORDER BY s.n
 $$;
 GRANT EXECUTE ON FUNCTION {checksums}(text, jsonb) TO service_role;
 NOTIFY pgrst, 'reload schema';
 """
 # Verification's checksums, computed by PostgreSQL behind PostgREST: called as an RPC with
-# every key set of a call in one request body.
+# every key set of a call in one request body. Each set is looked up as an array through the
+# primary key: a join with the keys was planned as a scan of the dataset's rows while the table
+# had no statistics (a first copy): 0.37 s instead of 0.03 s per 10,000 keys at 1,000,000 rows.
 CHECKSUMS_FUNCTION = "nexpo_records_checksums"
 # A schema from before the function: PostgREST's code for a function not in its schema cache,
 # and PostgreSQL's for one dropped since the cache was loaded.
