@@ -14,9 +14,9 @@ make the document readable: the primary key alone serves every read, replace and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient, ReplaceOne
@@ -41,6 +41,7 @@ from nexpo_workflows.providers.base import (
 )
 
 Document = dict[str, Any]
+T = TypeVar("T")
 
 COLLECTION = "users"
 # Keys per $in query; the queries of one call are sent together. SecantusDB takes more than
@@ -263,15 +264,26 @@ class MongoProvider(DatabaseProvider):
         except REFUSED as error:
             raise self._refused(error) from error
 
+    async def _in_chunks(
+        self, ids: Sequence[str], query: Callable[[Document], Awaitable[T]], dataset: str
+    ) -> list[T]:
+        """``query`` of each ``$in`` filter of ``IN_LIST_CHUNK`` of the ids, sent together."""
+        try:
+            return await asyncio.gather(
+                *(query(records_filter(dataset, chunk)) for chunk in chunked(ids, IN_LIST_CHUNK))
+            )
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from error
+
     async def checksums(
         self, dataset: str, key_sets: Sequence[Sequence[str]]
     ) -> list[KeysChecksum]:
         collection = await self._ready_records()
 
-        async def summed(chunk: Sequence[str]) -> KeysChecksum:
+        async def summed(match: Document) -> KeysChecksum:
             cursor = await collection.aggregate(
                 [
-                    {"$match": records_filter(dataset, chunk)},
+                    {"$match": match},
                     {
                         "$group": {
                             "_id": None,
@@ -285,28 +297,22 @@ class MongoProvider(DatabaseProvider):
             return KeysChecksum(sum(g["count"] for g in groups), sum(g["total"] for g in groups))
 
         found = []
-        try:
-            for keys in key_sets:
-                parts = await asyncio.gather(*map(summed, chunked(keys, IN_LIST_CHUNK)))
-                found.append(KeysChecksum(sum(p.count for p in parts), sum(p.total for p in parts)))
-        except UNAVAILABLE as error:
-            raise self._unavailable(error) from error
+        for keys in key_sets:
+            parts = await self._in_chunks(keys, summed, dataset)
+            found.append(KeysChecksum(sum(p.count for p in parts), sum(p.total for p in parts)))
         return found
 
     async def _find_in_chunks(
         self, dataset: str, ids: Sequence[str], projection: Document
     ) -> list[Document]:
         collection = await self._ready_records()
-        try:
-            parts = await asyncio.gather(
-                *(
-                    collection.find(records_filter(dataset, chunk), projection).to_list()
-                    for chunk in chunked(ids, IN_LIST_CHUNK)
-                )
-            )
-        except UNAVAILABLE as error:
-            raise self._unavailable(error) from error
-        return [document for part in parts for document in part]
+
+        async def found(match: Document) -> list[Document]:
+            return await collection.find(match, projection).to_list()
+
+        return [
+            document for part in await self._in_chunks(ids, found, dataset) for document in part
+        ]
 
     async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
         documents = await self._find_in_chunks(dataset, ids, RECORD_PROJECTION)
@@ -318,12 +324,8 @@ class MongoProvider(DatabaseProvider):
 
     async def delete_records(self, dataset: str, ids: Sequence[str]) -> int:
         collection = await self._ready_records()
-        removed = 0
-        try:
-            for chunk in chunked(ids, IN_LIST_CHUNK):
-                removed += (
-                    await collection.delete_many(records_filter(dataset, chunk))
-                ).deleted_count
-        except UNAVAILABLE as error:
-            raise self._unavailable(error) from error
-        return removed
+
+        async def deleted(match: Document) -> int:
+            return (await collection.delete_many(match)).deleted_count
+
+        return sum(await self._in_chunks(ids, deleted, dataset))
