@@ -290,33 +290,28 @@ class SupabaseProvider(DatabaseProvider):
         return bool(response.data)
 
     async def upsert_records(self, dataset: str, records: Sequence[DatasetRecord]) -> None:
-        if not records:
+        await self._upsert_rows(
+            [{"dataset": dataset, **record.model_dump(mode="json")} for record in records]
+        )
+
+    async def upsert_batch(self, dataset: str, batch: RecordBatch) -> None:
+        """The columns as rows, with no model per record."""
+        await self._upsert_rows(
+            [
+                {"dataset": dataset, "id": i, "version": v, "deleted": d, "data": data}
+                for i, v, d, data in zip(
+                    batch.ids, batch.versions, batch.deleted, batch.values(), strict=True
+                )
+            ]
+        )
+
+    async def _upsert_rows(self, rows: list[JSON]) -> None:
+        if not rows:
             return
         client = await self._ready_client()
-        rows = [{"dataset": dataset, **record.model_dump(mode="json")} for record in records]
         try:
             # One request: PostgREST turns it into one INSERT ... ON CONFLICT DO UPDATE of
             # every column, so a stored row is replaced whole.
-            await (
-                client.table(RECORDS_STORE)
-                .upsert(rows, on_conflict="dataset,id", returning=ReturnMethod.minimal)
-                .execute()
-            )
-        except (APIError, httpx.TransportError) as error:
-            raise self._classified(error) from error
-
-    async def upsert_batch(self, dataset: str, batch: RecordBatch) -> None:
-        """One upsert request of the columns, with no model per record."""
-        if not batch:
-            return
-        client = await self._ready_client()
-        rows = [
-            {"dataset": dataset, "id": i, "version": v, "deleted": d, "data": data}
-            for i, v, d, data in zip(
-                batch.ids, batch.versions, batch.deleted, batch.values(), strict=True
-            )
-        ]
-        try:
             await (
                 client.table(RECORDS_STORE)
                 .upsert(rows, on_conflict="dataset,id", returning=ReturnMethod.minimal)
