@@ -176,6 +176,11 @@ class ProviderContract:
             keys_checksum(versions[:150]),
             keys_checksum(versions[150:]),
         ]
+        # More sets than a call spreads over connections or requests: each answer in its place.
+        bounds = [(0, 1), (1, 3), (3, 6), (6, 10), (10, 15)]
+        assert await provider.checksums(dataset, [ids[a:b] for a, b in bounds]) == [
+            keys_checksum(versions[a:b]) for a, b in bounds
+        ]
         # A newer version of one row (written as records) and a row gone: both sets differ.
         newer = written[0].model_copy(update={"version": written[0].version + 1})
         await provider.upsert_records(dataset, [newer])
