@@ -208,9 +208,18 @@ class TestPostgresProvider(ProviderContract):
                 with pytest.raises(ProviderUnavailableError):
                     await provider.checksums("ds", [[r.id for r in first]])
                 await server.start()
-                ids = [r.id for r in [*first, *second]]
-                assert await provider.checksums("ds", [ids]) == [
-                    keys_checksum(versions_of([*first, *second]))
+                # Two sets: a call spreads them over two connections of the pool.
+                assert await provider.checksums(
+                    "ds", [[r.id for r in first], [r.id for r in second]]
+                ) == [keys_checksum(versions_of(first)), keys_checksum(versions_of(second))]
+                # The pool now holds two connections, both dead after the next crash: the first
+                # call after it fails, and takes the other dead one out with its own.
+                await server.stop("immediate")
+                await server.start()
+                with pytest.raises(ProviderUnavailableError):
+                    await provider.checksums("ds", [[r.id for r in first]])
+                assert await provider.checksums("ds", [[r.id for r in second]]) == [
+                    keys_checksum(versions_of(second))
                 ]
             finally:
                 await provider.close()
