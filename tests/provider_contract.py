@@ -39,6 +39,20 @@ def make_user(**overrides: object) -> UserRecord:
     return UserRecord.model_validate(values)
 
 
+def as_batch(written: list[DatasetRecord]) -> RecordBatch:
+    """Records as the columns a bulk write takes."""
+    return RecordBatch(
+        ids=[r.id for r in written],
+        versions=[r.version for r in written],
+        deleted=[r.deleted for r in written],
+        data=[r.data for r in written],
+    )
+
+
+def versions_of(written: list[DatasetRecord]) -> list[RecordVersion]:
+    return [RecordVersion(id=r.id, version=r.version, deleted=r.deleted) for r in written]
+
+
 def make_records(count: int, version: int = 1_700_000_000_000_000) -> list[DatasetRecord]:
     return [
         DatasetRecord(
@@ -160,17 +174,12 @@ class ProviderContract:
         dataset = f"ds_{uuid.uuid4().hex[:8]}"
         written = make_records(300)
         written[5] = written[5].model_copy(update={"deleted": True, "data": {}})
-        batch = RecordBatch(
-            ids=[r.id for r in written],
-            versions=[r.version for r in written],
-            deleted=[r.deleted for r in written],
-            data=[r.data for r in written],
-        )
+        batch = as_batch(written)
         await provider.upsert_batch(dataset, batch)
         await provider.upsert_batch(dataset, batch)  # a replay, onto rows already there
         ids = batch.ids
         assert by_id(await provider.get_records(dataset, ids)) == by_id(written)
-        versions = [RecordVersion(id=r.id, version=r.version, deleted=r.deleted) for r in written]
+        versions = versions_of(written)
         halves = [ids[:150], [*ids[150:], "absent"]]
         assert await provider.checksums(dataset, halves) == [
             keys_checksum(versions[:150]),

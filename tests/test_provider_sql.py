@@ -6,7 +6,6 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -21,7 +20,6 @@ from nexpo_workflows.providers import DatabaseProvider
 from nexpo_workflows.providers import sql as sql_provider
 from nexpo_workflows.providers.base import (
     ProviderUnavailableError,
-    RecordBatch,
     RecordVersion,
     keys_checksum,
     row_hash,
@@ -30,7 +28,13 @@ from nexpo_workflows.providers.postgres import PostgresProvider
 from nexpo_workflows.providers.sql import RecordStatements, UserStatements, records, users
 from nexpo_workflows.providers.sqlite import SQLiteProvider
 from nexpo_workflows.providers.sqlserver import SQLServerProvider
-from tests.provider_contract import ProviderContract, make_records, make_user
+from tests.provider_contract import (
+    ProviderContract,
+    as_batch,
+    make_records,
+    make_user,
+    versions_of,
+)
 from tests.servers.postgres import cluster_server, fresh_database
 
 
@@ -54,19 +58,6 @@ RECORDS_BEFORE_ROW_HASH = (
     " version BIGINT NOT NULL, deleted BOOLEAN NOT NULL, data {json} NOT NULL,"
     " PRIMARY KEY (dataset, id))"
 )
-
-
-def as_batch(written: list[Any]) -> RecordBatch:
-    return RecordBatch(
-        ids=[r.id for r in written],
-        versions=[r.version for r in written],
-        deleted=[r.deleted for r in written],
-        data=[r.data for r in written],
-    )
-
-
-def versions_of(written: list[Any]) -> list[RecordVersion]:
-    return [RecordVersion(id=r.id, version=r.version, deleted=r.deleted) for r in written]
 
 
 @pytest.fixture

@@ -21,7 +21,14 @@ from nexpo_workflows.providers.supabase import (
     schema_sql,
     url_chunks,
 )
-from tests.provider_contract import ProviderContract, by_id, make_records, make_user
+from tests.provider_contract import (
+    ProviderContract,
+    as_batch,
+    by_id,
+    make_records,
+    make_user,
+    versions_of,
+)
 from tests.servers.supabase import SupabaseStack, make_jwt, running_supabase
 from tests.sync_source import eventually
 
@@ -98,11 +105,7 @@ class TestSupabaseProvider(ProviderContract):
         assert await provider.delete_records("long_ids", ids) == len(ids)
 
     async def test_the_migration_can_run_again(self, supabase: SupabaseStack) -> None:
-        connection = await asyncpg.connect(supabase.database_url)
-        try:
-            await connection.execute(schema_sql(supabase.table))
-        finally:
-            await connection.close()
+        await migrated(supabase, schema_sql(supabase.table))
 
     async def test_checksums_are_summed_by_the_database_in_one_request(
         self, provider: SupabaseProvider, monkeypatch: pytest.MonkeyPatch
@@ -112,7 +115,7 @@ class TestSupabaseProvider(ProviderContract):
         for n, odd in enumerate(["a,b", 'say "hi"', "(x)", "ü 東京", "back\\slash"]):
             written[n] = written[n].model_copy(update={"id": odd})
         await provider.upsert_records("summed", written)
-        versions = [RecordVersion(id=r.id, version=r.version, deleted=r.deleted) for r in written]
+        versions = versions_of(written)
 
         async def not_read_back(*_: Any) -> list[RecordVersion]:
             raise AssertionError("the versions were read back")
@@ -134,7 +137,7 @@ class TestSupabaseProvider(ProviderContract):
     ) -> None:
         written = make_records(30)
         await provider.upsert_records("older_schema", written)
-        versions = [RecordVersion(id=r.id, version=r.version, deleted=r.deleted) for r in written]
+        versions = versions_of(written)
         expected = [keys_checksum(versions[:10]), keys_checksum(versions[10:])]
         key_sets = [[r.id for r in written[:10]], [r.id for r in written[10:]]]
         warning = f"function {CHECKSUMS_FUNCTION} not found"
@@ -187,6 +190,8 @@ class TestSupabaseProvider(ProviderContract):
         self, provider: SupabaseProvider, supabase: SupabaseStack
     ) -> None:
         user = make_user()
+        written = make_records(5)
+        ids = [r.id for r in written]
         await supabase.postgrest.stop()
         try:
             with pytest.raises(ProviderUnavailableError, match=r"^supabase: "):
@@ -195,8 +200,15 @@ class TestSupabaseProvider(ProviderContract):
                 await provider.create_user(user)
             with pytest.raises(ProviderUnavailableError):
                 await provider.get_user(user.id)
+            # A batch write and its checksums (the RPC) during the outage: retryable as well.
+            with pytest.raises(ProviderUnavailableError):
+                await provider.upsert_batch("outage", as_batch(written))
+            with pytest.raises(ProviderUnavailableError):
+                await provider.checksums("outage", [ids])
         finally:
             await supabase.postgrest.start()
         await provider.ping()
         await provider.create_user(user)
         assert await provider.get_user(user.id) == user
+        await provider.upsert_batch("outage", as_batch(written))
+        assert await provider.checksums("outage", [ids]) == [keys_checksum(versions_of(written))]

@@ -265,7 +265,7 @@ class MongoProvider(DatabaseProvider):
             raise self._refused(error) from error
 
     async def _in_chunks(
-        self, ids: Sequence[str], query: Callable[[Document], Awaitable[T]], dataset: str
+        self, dataset: str, ids: Sequence[str], query: Callable[[Document], Awaitable[T]]
     ) -> list[T]:
         """``query`` of each ``$in`` filter of ``IN_LIST_CHUNK`` of the ids, sent together."""
         try:
@@ -298,7 +298,7 @@ class MongoProvider(DatabaseProvider):
 
         found = []
         for keys in key_sets:
-            parts = await self._in_chunks(keys, summed, dataset)
+            parts = await self._in_chunks(dataset, keys, summed)
             found.append(KeysChecksum(sum(p.count for p in parts), sum(p.total for p in parts)))
         return found
 
@@ -311,7 +311,7 @@ class MongoProvider(DatabaseProvider):
             return await collection.find(match, projection).to_list()
 
         return [
-            document for part in await self._in_chunks(ids, found, dataset) for document in part
+            document for part in await self._in_chunks(dataset, ids, found) for document in part
         ]
 
     async def get_records(self, dataset: str, ids: Sequence[str]) -> list[DatasetRecord]:
@@ -328,4 +328,4 @@ class MongoProvider(DatabaseProvider):
         async def deleted(match: Document) -> int:
             return (await collection.delete_many(match)).deleted_count
 
-        return sum(await self._in_chunks(ids, deleted, dataset))
+        return sum(await self._in_chunks(dataset, ids, deleted))
